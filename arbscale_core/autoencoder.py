@@ -1,0 +1,63 @@
+"""Convolutional encoder (f = 2**(levels-1)) and the decoder half *without upsampling*.
+
+The encoder maps an image [B,3,H,W] in -1..1 to a latent [B,C,H/f,W/f]. The feature decoder maps a
+latent to a feature map at latent resolution [B,feature_channels,H/f,W/f]; pixels come from the
+implicit decoder (``implicit_decoder.py``), queried at any output size.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .layers import ResBlock, group_norm
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        ch = [cfg.ae_channels * m for m in cfg.ae_channel_mult]
+        self.conv_in = nn.Conv2d(cfg.image_channels, ch[0], 3, padding=1)
+        blocks: list[nn.Module] = []
+        prev = ch[0]
+        for level, c in enumerate(ch):
+            for _ in range(cfg.ae_res_blocks):
+                blocks.append(ResBlock(prev, c))
+                prev = c
+            if level < len(ch) - 1:
+                blocks.append(nn.Conv2d(prev, prev, 3, stride=2, padding=0))  # padded asymmetrically below
+        self.blocks = nn.ModuleList(blocks)
+        self.mid = ResBlock(prev, prev)
+        self.norm_out = group_norm(prev)
+        self.conv_out = nn.Conv2d(prev, cfg.latent_channels, 3, padding=1)
+        self.downsample = cfg.downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B,3,H,W] in -1..1 with H, W multiples of f -> latent [B,C,H/f,W/f] (unscaled)."""
+        h = self.conv_in(x)
+        for block in self.blocks:
+            if isinstance(block, nn.Conv2d):
+                h = block(F.pad(h, (0, 1, 0, 1)))
+            else:
+                h = block(h)
+        return self.conv_out(F.silu(self.norm_out(self.mid(h))))
+
+
+class FeatureDecoder(nn.Module):
+    """Symmetric ResBlock decoder with the upsampling layers removed."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.conv_in = nn.Conv2d(cfg.latent_channels, cfg.dec_channels, 3, padding=1)
+        self.blocks = nn.ModuleList(ResBlock(cfg.dec_channels, cfg.dec_channels)
+                                    for _ in range(cfg.dec_res_blocks))
+        self.norm_out = group_norm(cfg.dec_channels)
+        self.conv_out = nn.Conv2d(cfg.dec_channels, cfg.feature_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """z: latent [B,C,h,w] (unscaled) -> features [B,F,h,w]."""
+        h = self.conv_in(z)
+        for block in self.blocks:
+            h = block(h)
+        return self.conv_out(F.silu(self.norm_out(h)))

@@ -1,0 +1,300 @@
+"""``arbscale`` command line: upscale, generate, info. User errors print one ``error: ...`` line."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+from .imageops import IMAGE_SUFFIXES
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_MODELS = {"sr": WEIGHTS_DIR / "arbscale_sr_tiny.safetensors",
+                  "gen": WEIGHTS_DIR / "arbscale_gen_tiny.safetensors"}
+
+
+class UserError(Exception):
+    """A problem with what the user asked for; shown as one line, no traceback."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of usage + message
+        raise UserError(f"{self.prog}: {message}")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not m:
+        raise UserError(f"size must look like WIDTHxHEIGHT (e.g. 1920x1080), got {text!r}")
+    w, h = int(m.group(1)), int(m.group(2))
+    if w <= 0 or h <= 0:
+        raise UserError(f"size must be positive, got {text!r}")
+    return w, h
+
+
+def parse_scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"scale must be a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise UserError(f"scale must be a finite number > 0, got {text!r}")
+    return value
+
+
+def _positive_int(name: str, value: int) -> int:
+    if value <= 0:
+        raise UserError(f"{name} must be a positive whole number, got {value}")
+    return value
+
+
+def resolve_model_path(arg: str | None, task: str) -> Path:
+    if arg:
+        return Path(arg)
+    path = DEFAULT_MODELS[task]
+    if not path.is_file():
+        raise UserError(f"no bundled {task} weights at {path} (they ship with a later release); "
+                        f"pass --model PATH")
+    return path
+
+
+def load(model_arg: str | None, task: str, device_arg: str):
+    from .checkpoint import CheckpointError, load_model
+    from .device import resolve_device
+
+    try:
+        device = resolve_device(device_arg)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    path = resolve_model_path(model_arg, task)
+    try:
+        model = load_model(path, device)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
+    if model.config.task != task:
+        kind = {"sr": "an SR", "gen": "a generation"}
+        raise UserError(f"{path} is {kind[model.config.task]} model; this command needs {kind[task]} model")
+    return model, device
+
+
+def collect_inputs(items: list[str]) -> list[Path]:
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UserError(f"no images in folder {p}")
+            paths.extend(found)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise UserError(f"input not found: {p}")
+    return paths
+
+
+def check_writable(targets: list[Path]) -> None:
+    """Fail before any work when an output folder cannot take a file."""
+    import tempfile
+
+    for folder in {t.parent for t in targets}:
+        try:
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".arbscale-check-"):
+                pass
+        except OSError as exc:
+            raise UserError(f"cannot write to {folder}: {exc.strerror or exc}") from None
+
+
+def plan_outputs(inputs: list[Path], out: str, tag: str) -> list[Path]:
+    """One output path per input: OUT itself for a single input that is not a folder, otherwise
+    OUT/<stem>_<tag>.png. The folder must exist; an output may never overwrite an input."""
+    out_path = Path(out)
+    if len(inputs) == 1 and not out_path.is_dir():
+        if not out_path.parent.is_dir():
+            raise UserError(f"output folder does not exist: {out_path.parent}")
+        targets = [out_path]
+    else:
+        if not out_path.is_dir():
+            raise UserError(f"output folder does not exist: {out_path} (several inputs need an existing folder)")
+        targets = [out_path / f"{p.stem}_{tag}.png" for p in inputs]
+    resolved = {p.resolve() for p in inputs}
+    for t in targets:
+        if t.resolve() in resolved:
+            raise UserError(f"output {t} would overwrite an input")
+        if t.suffix.lower() not in IMAGE_SUFFIXES:
+            raise UserError(f"output {t} needs an image suffix such as .png")
+    check_writable(targets)
+    return targets
+
+
+def _progress_bar(total: int, desc: str):
+    from tqdm import tqdm
+
+    # disable=None: a bar on a terminal, nothing in logs and pipes
+    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True, file=sys.stderr,
+                disable=None)
+
+
+def cmd_upscale(args) -> int:
+    from .device import resolve_dtype
+    from .imageops import load_image, save_image
+    from .pipeline import decode_uint8, denoise, encode_condition, output_size
+
+    if (args.scale is None) == (args.size is None):
+        raise UserError("give exactly one of --scale or --size")
+    scale = parse_scale(args.scale) if args.scale is not None else None
+    size = parse_size(args.size) if args.size is not None else None
+    _positive_int("--steps", args.steps)
+    _positive_int("--chunk", args.chunk)
+    if not math.isfinite(args.eta) or args.eta < 0:
+        raise UserError(f"--eta must be a finite number >= 0, got {args.eta}")
+    inputs = collect_inputs(args.inputs)
+    tag = f"x{scale:g}" if scale is not None else f"{size[0]}x{size[1]}"
+    targets = plan_outputs(inputs, args.output, tag)
+    images = []
+    for p in inputs:  # read every input before writing anything
+        try:
+            images.append(load_image(p))
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    sizes = []
+    for p, img in zip(inputs, images):
+        try:
+            sizes.append(output_size(*img.shape[-2:], scale=scale, size=size))
+        except ValueError as exc:
+            raise UserError(f"{p}: {exc}") from None
+    model, device = load(args.model, "sr", args.device)
+    try:
+        dtype = resolve_dtype(args.dtype, device)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    for p, img, (h, w), target in zip(inputs, images, sizes, targets):
+        bar = _progress_bar(args.steps, f"{p.name}: denoise")
+        latent = denoise(model, encode_condition(model, img), steps=args.steps, eta=args.eta, seed=args.seed,
+                         dtype=dtype, callback=lambda i, n, x0: bar.update(1))
+        bar.close()
+        bar = _progress_bar(h, f"{p.name}: decode {w}x{h}")
+        bar.unit = "row"
+        canvas = decode_uint8(model, latent, h, w, args.chunk, dtype,
+                              progress=lambda done, total: bar.update(done - bar.n))
+        bar.close()
+        _write(canvas[0], target)
+        print(f"{p} -> {target} ({w}x{h})")
+    return 0
+
+
+def _write(array, target: Path) -> None:
+    from .imageops import save_image
+
+    try:
+        save_image(array, target)
+    except OSError as exc:
+        raise UserError(f"cannot write {target}: {exc.strerror or exc}") from None
+
+
+def cmd_generate(args) -> int:
+    from .device import resolve_dtype
+    from .pipeline import decode_uint8, denoise, generation_latent_size
+
+    w, h = parse_size(args.size)
+    n = _positive_int("-n", args.n)
+    _positive_int("--steps", args.steps)
+    _positive_int("--chunk", args.chunk)
+    if not math.isfinite(args.eta) or args.eta < 0:
+        raise UserError(f"--eta must be a finite number >= 0, got {args.eta}")
+    out = Path(args.output)
+    if out.is_dir():
+        targets = [out / f"generated_s{args.seed}_{i}.png" for i in range(n)]
+    else:
+        if not out.parent.is_dir():
+            raise UserError(f"output folder does not exist: {out.parent}")
+        if out.suffix.lower() not in IMAGE_SUFFIXES:
+            raise UserError(f"output {out} needs an image suffix such as .png")
+        targets = [out] if n == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(n)]
+    check_writable(targets)
+    model, device = load(args.model, "gen", args.device)
+    try:
+        dtype = resolve_dtype(args.dtype, device)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    lh, lw = generation_latent_size(model, h, w)
+    bar = _progress_bar(args.steps, "denoise")
+    latent = denoise(model, latent_shape=(n, model.config.latent_channels, lh, lw), steps=args.steps,
+                     eta=args.eta, seed=args.seed, dtype=dtype, callback=lambda i, t, x0: bar.update(1))
+    bar.close()
+    canvas = decode_uint8(model, latent, h, w, args.chunk, dtype)
+    for i, target in enumerate(targets):
+        _write(canvas[i], target)
+        print(f"-> {target} ({w}x{h})")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .checkpoint import CheckpointError, load_model
+    from .model import parameter_counts
+
+    try:
+        model = load_model(args.model_file)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
+    cfg = json.loads(model.config.to_json())
+    print(f"model: {args.model_file}")
+    print(f"task: {model.config.task}  (downsample f={model.config.downsample}, latent channels "
+          f"{model.config.latent_channels}, latent scale {model.config.latent_scale:.4g})")
+    print("parameters: " + ", ".join(f"{k} {v:,}" for k, v in parameter_counts(model).items()))
+    print("config: " + json.dumps(cfg, sort_keys=True))
+    print("training: " + json.dumps(getattr(model, "training_info", {}), sort_keys=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="arbscale", description="Arbitrary-scale super-resolution and generation "
+                                             "(latent diffusion + implicit neural decoder).")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def common(sp, task):
+        sp.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
+        sp.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like")
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--chunk", type=int, default=65536, help="pixels decoded at a time (memory)")
+        sp.add_argument("--model", help=f"model file (default: bundled {DEFAULT_MODELS[task].name})")
+        sp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+        sp.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (autocast)")
+
+    up = sub.add_parser("upscale", help="upscale images by any factor or to any size")
+    up.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders")
+    up.add_argument("-o", "--output", required=True, metavar="OUT", help="output file (one input) or folder")
+    up.add_argument("--scale", help="scale factor, e.g. 4 or 3.7")
+    up.add_argument("--size", help="output size WIDTHxHEIGHT")
+    common(up, "sr")
+    up.set_defaults(func=cmd_upscale)
+
+    gen = sub.add_parser("generate", help="generate images at any size")
+    gen.add_argument("-o", "--output", required=True, metavar="OUT", help="output file or folder")
+    gen.add_argument("--size", required=True, help="output size WIDTHxHEIGHT")
+    gen.add_argument("-n", type=int, default=1, help="number of images")
+    common(gen, "gen")
+    gen.set_defaults(func=cmd_generate)
+
+    info = sub.add_parser("info", help="show a model file's config, parameters and training info")
+    info.add_argument("model_file", metavar="MODEL")
+    info.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

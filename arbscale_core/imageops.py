@@ -1,0 +1,50 @@
+"""Image conversion and resizing shared by the pipeline, training and evaluation."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def resize(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Antialiased bicubic resize of [B,C,H,W] (any range; not clamped)."""
+    if images.shape[-2:] == (height, width):
+        return images
+    return F.interpolate(images, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+
+
+def load_image(path: str | os.PathLike) -> torch.Tensor:
+    """Read an image file as RGB [1,3,H,W] float in 0..1. Raises ValueError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"input not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            rgb = im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ValueError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+    array = np.asarray(rgb, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float() / 255.0
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[B,3,H,W] in -1..1 -> uint8 [B,H,W,3] (rounded, clamped)."""
+    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def save_image(array: np.ndarray, path: str | os.PathLike) -> None:
+    """Write uint8 [H,W,3] atomically; the format follows the suffix (PNG when unknown)."""
+    from .fileio import atomic_path
+
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format=fmt)

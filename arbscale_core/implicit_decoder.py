@@ -1,0 +1,115 @@
+"""LIIF-style implicit decoder: an MLP f(feature, relative coordinate, cell) with local ensemble.
+
+Coordinates are in latent-cell units: the latent grid of size (h, w) spans [0, h] x [0, w] and cell
+(i, j) has its centre at (i + 0.5, j + 0.5). An output of size (H, W) samples pixel centres
+``(k + 0.5) * h / H``, so any size works (non-integer scale, non-square, smaller than the latent).
+
+Two facts make decoding cheap without changing LIIF's maths:
+- The MLP's first layer is linear in [unfolded feature, rel coord, cell]; its feature part is a
+  3x3 (or 1x1) convolution computed once per latent cell (``first_layer_map``) and gathered per query.
+- The 4 nearest cells and their bilinear (area) weights factor into a row part and a column part,
+  so a band of output rows needs only 1-D index/weight tables.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .config import ModelConfig
+
+
+def make_coord(n: int, length: float, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Pixel-centre positions of n samples spread over [0, length]: [n]."""
+    return (torch.arange(n, device=device, dtype=dtype) + 0.5) * (length / n)
+
+
+def axis_neighbours(pos: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The two nearest cell centres along one axis for each position.
+
+    pos: [n] positions in cell units (0..size). Returns (index [2,n] long in 0..size-1,
+    rel [2,n] offset of pos from that cell's centre in cell units, weight [2,n] summing to 1).
+    Weights are LIIF's area weights (the opposite neighbour's distance), i.e. linear interpolation;
+    at the borders both neighbours clamp to the edge cell.
+    """
+    lower = torch.floor(pos - 0.5).long()
+    index = torch.stack([lower, lower + 1]).clamp_(0, size - 1)
+    rel = pos[None] - (index.to(pos.dtype) + 0.5)
+    dist = rel.abs()
+    weight = torch.stack([dist[1], dist[0]]) + 1e-9  # eps: both clamped onto a cell centre
+    weight = weight / weight.sum(0, keepdim=True)
+    return index, rel, weight
+
+
+class ImplicitDecoder(nn.Module):
+    """MLP over (feature neighbourhood, relative coordinate, cell size) -> RGB in -1..1 (unclamped)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        hidden = list(cfg.mlp_hidden)
+        k = 3 if cfg.feat_unfold else 1
+        self.first_feat = nn.Conv2d(cfg.feature_channels, hidden[0], k, padding=k // 2)
+        self.first_coord = nn.Linear(4, hidden[0], bias=False)  # (rel_y, rel_x, cell_y, cell_x)
+        layers: list[nn.Module] = []
+        for a, b in zip(hidden[:-1], hidden[1:]):
+            layers += [nn.ReLU(), nn.Linear(a, b)]
+        layers += [nn.ReLU(), nn.Linear(hidden[-1], cfg.image_channels)]
+        self.mlp = nn.Sequential(*layers)
+
+    def first_layer_map(self, features: torch.Tensor) -> torch.Tensor:
+        """features [B,F,h,w] -> the first layer's feature term per latent cell [B,hidden,h,w]."""
+        return self.first_feat(features)
+
+    def query(self, first: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor,
+              cell: tuple[float, float], autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Decode the separable grid ys x xs.
+
+        first: [B,hidden,h,w] from ``first_layer_map``; ys: [n] and xs: [m] positions in cell units;
+        cell: one output pixel's size (cell_y, cell_x) in cell units. Returns [B,3,n,m] in about -1..1.
+        """
+        b, hid, h, w = first.shape
+        iy, ry, wy = axis_neighbours(ys, h)
+        ix, rx, wx = axis_neighbours(xs, w)
+        wc = self.first_coord.weight.to(first.dtype)  # [hidden, 4]
+        cell_term = wc[:, 2] * cell[0] + wc[:, 3] * cell[1]
+        # All 4 neighbours at once: [4, B, n, m, hidden], built from separable row/column parts.
+        rows = first.index_select(2, iy.reshape(-1))  # [B,hid,2n,w]
+        grid = rows.index_select(3, ix.reshape(-1))    # [B,hid,2n,2m]
+        grid = rearrange(grid, "b c (a n) (e m) -> a e b n m c", a=2, e=2)
+        row_term = ry[..., None] * wc[:, 0]           # [2,n,hid]
+        col_term = rx[..., None] * wc[:, 1]           # [2,m,hid]
+        pre = grid + row_term[:, None, None, :, None, :] + col_term[None, :, None, None, :, :] + cell_term
+        ctx = (torch.autocast(device_type=first.device.type, dtype=autocast_dtype)
+               if autocast_dtype is not None else nullcontext())
+        with ctx:
+            rgb = self.mlp(pre)                       # [2,2,B,n,m,3]
+        weight = wy[:, None, :, None] * wx[None, :, None, :]  # [2,2,n,m]
+        out = torch.einsum("aebnmc,aenm->bcnm", rgb.float(), weight.float())
+        return out
+
+
+def output_bands(height: int, width: int, chunk: int) -> Iterator[tuple[int, int]]:
+    """Row ranges [y0, y1) covering height, each at most max(1, chunk // width) rows."""
+    if chunk <= 0:
+        raise ValueError(f"chunk must be a positive number of pixels, got {chunk}")
+    rows = max(1, chunk // width)
+    for y0 in range(0, height, rows):
+        yield y0, min(height, y0 + rows)
+
+
+def decode_bands(decoder: ImplicitDecoder, first: torch.Tensor, height: int, width: int,
+                 chunk: int = 65536, autocast_dtype: torch.dtype | None = None,
+                 ) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield (y0, y1, rgb [B,3,y1-y0,width]) bands of the decoded image; memory stays per band."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f"output size must be positive, got {width}x{height}")
+    h, w = first.shape[-2:]
+    ys_all = make_coord(height, h, device=first.device)
+    xs = make_coord(width, w, device=first.device)
+    cell = (h / height, w / width)
+    for y0, y1 in output_bands(height, width, chunk):
+        yield y0, y1, decoder.query(first, ys_all[y0:y1], xs, cell, autocast_dtype)

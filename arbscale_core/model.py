@@ -1,0 +1,65 @@
+"""The whole ArbScale model: encoder, feature decoder + implicit decoder, latent U-Net."""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .autoencoder import Encoder, FeatureDecoder
+from .config import ModelConfig
+from .implicit_decoder import ImplicitDecoder, decode_bands
+from .unet import UNet
+
+
+class ArbScaleModel(nn.Module):
+    """Images are [B,3,H,W] in -1..1 inside the model; latents are scaled by ``config.latent_scale``."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.feature_decoder = FeatureDecoder(config)
+        self.implicit = ImplicitDecoder(config)
+        self.unet = UNet(config)
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """image [B,3,H,W] in -1..1 -> scaled latent [B,C,ceil(H/f),ceil(W/f)] (edge-padded to f)."""
+        f = self.config.downsample
+        h, w = image.shape[-2:]
+        pad_h, pad_w = (-h) % f, (-w) % f
+        if pad_h or pad_w:
+            image = F.pad(image, (0, pad_w, 0, pad_h), mode="replicate")
+        return self.encoder(image) * self.config.latent_scale
+
+    def first_layer_map(self, latent: torch.Tensor) -> torch.Tensor:
+        """scaled latent [B,C,h,w] -> the MLP's per-cell first-layer term [B,hidden,h,w]."""
+        return self.implicit.first_layer_map(self.feature_decoder(latent / self.config.latent_scale))
+
+    def decode_bands(self, latent: torch.Tensor, height: int, width: int, chunk: int = 65536,
+                     autocast_dtype: torch.dtype | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """Yield (y0, y1, rgb [B,3,y1-y0,width] in about -1..1) for an output of height x width."""
+        first = self.first_layer_map(latent)
+        yield from decode_bands(self.implicit, first, height, width, chunk, autocast_dtype)
+
+    def decode(self, latent: torch.Tensor, height: int, width: int, chunk: int = 65536,
+               autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """scaled latent -> image [B,3,height,width] in about -1..1 (assembled in memory)."""
+        bands = [rgb for _, _, rgb in self.decode_bands(latent, height, width, chunk, autocast_dtype)]
+        return torch.cat(bands, dim=2)
+
+    def condition_size(self, lr_height: int, lr_width: int) -> tuple[int, int]:
+        """Pixel size the LR image is resized to before encoding (a multiple of f)."""
+        f = self.config.downsample
+        s = self.config.cond_scale
+        return (max(f, f * math.ceil(lr_height * s / f)), max(f, f * math.ceil(lr_width * s / f)))
+
+
+def parameter_counts(model: ArbScaleModel) -> dict[str, int]:
+    parts = {"encoder": model.encoder, "feature_decoder": model.feature_decoder,
+             "implicit_decoder": model.implicit, "unet": model.unet}
+    counts = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
+    counts["total"] = sum(counts.values())
+    return counts

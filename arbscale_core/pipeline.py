@@ -1,0 +1,175 @@
+"""The SR and generation pipelines: encode the condition, DDIM in latent space, implicit decode.
+
+Public images are [B,3,H,W] float in 0..1; the model works in -1..1. Diffusion runs on a latent of
+LR size x cond_scale / f, so its cost does not depend on the output size; only decoding does, and it
+runs in bands of ``chunk`` pixels so memory stays flat.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from .diffusion import alphas_cumprod
+from .imageops import resize
+from .model import ArbScaleModel
+from .sampler import Callback, sample_ddim
+
+DEFAULT_STEPS = 20
+DEFAULT_ETA = 0.0
+DEFAULT_CHUNK = 65536
+MAX_OUTPUT_PIXELS = 2 ** 31  # beyond this even a uint8 canvas is impractical on one machine
+
+
+def check_scale(scale: float) -> float:
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"scale must be a number, got {scale!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"scale must be a finite number > 0, got {scale}")
+    return value
+
+
+def output_size(lr_height: int, lr_width: int, scale: float | None = None,
+                size: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(height, width) for a scale or an explicit (width, height); exactly one must be given."""
+    if (scale is None) == (size is None):
+        raise ValueError("give either a scale or a size (width x height), not both or neither")
+    if size is not None:
+        width, height = size
+        if int(width) != width or int(height) != height or width <= 0 or height <= 0:
+            raise ValueError(f"size must be positive whole pixels, got {width}x{height}")
+        height, width = int(height), int(width)
+    else:
+        s = check_scale(scale)
+        height, width = max(1, round(lr_height * s)), max(1, round(lr_width * s))
+    if height * width > MAX_OUTPUT_PIXELS:
+        raise ValueError(f"output {width}x{height} is too large (over {MAX_OUTPUT_PIXELS} pixels)")
+    return height, width
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def _generator(seed: int, device: torch.device) -> torch.Generator:
+    # CPU generator for the noise so a seed gives the same latent on every device.
+    del device
+    return torch.Generator("cpu").manual_seed(int(seed))
+
+
+@torch.no_grad()
+def encode_condition(model: ArbScaleModel, image: torch.Tensor) -> torch.Tensor:
+    """LR image [B,3,h,w] in 0..1 -> condition latent (resized to the condition size, encoded)."""
+    if image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"image must be [B,3,H,W], got {tuple(image.shape)}")
+    device = next(model.parameters()).device
+    ch, cw = model.condition_size(*image.shape[-2:])
+    x = image.to(device, torch.float32) * 2 - 1
+    x = resize(x, ch, cw).clamp(-1, 1)
+    return model.encode(x)
+
+
+@torch.no_grad()
+def denoise(model: ArbScaleModel, cond: torch.Tensor | None = None, latent_shape: tuple[int, ...] | None = None,
+            steps: int = DEFAULT_STEPS, eta: float = DEFAULT_ETA, seed: int = 0,
+            dtype: torch.dtype | None = None, callback: Callback | None = None) -> torch.Tensor:
+    """DDIM in latent space. SR: ``cond`` [B,C,h,w]; generation: ``latent_shape`` (B,C,h,w).
+    Returns the denoised (scaled) latent [B,C,h,w] float32."""
+    device = next(model.parameters()).device
+    if model.config.task == "sr":
+        if cond is None:
+            raise ValueError("an SR model needs a condition latent (encode an image first)")
+        shape = tuple(cond.shape)
+    else:
+        if latent_shape is None:
+            raise ValueError("a generation model needs a latent shape")
+        shape = tuple(latent_shape)
+    gen = _generator(seed, device)
+    noise = torch.randn(shape, generator=gen).to(device)
+
+    def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with _autocast(device, dtype):
+            return model.unet(x, t, cond)
+
+    return sample_ddim(eps_fn, noise, alphas_cumprod(model.config), steps=steps, eta=eta,
+                       generator=gen if device.type == "cpu" else None, callback=callback)
+
+
+@torch.no_grad()
+def decode_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int,
+                 chunk: int = DEFAULT_CHUNK, dtype: torch.dtype | None = None,
+                 ) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield (y0, y1, rgb [B,3,y1-y0,width] in 0..1) bands of the decoded image."""
+    for y0, y1, band in model.decode_bands(latent.to(next(model.parameters()).device), height, width,
+                                           chunk, dtype):
+        yield y0, y1, ((band + 1) / 2).clamp(0, 1)
+
+
+def decode(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int, chunk: int = DEFAULT_CHUNK,
+           dtype: torch.dtype | None = None, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Decode a latent at any size: [B,3,height,width] float in 0..1 (assembled in memory)."""
+    bands = []
+    for _, y1, band in decode_bands(model, latent, height, width, chunk, dtype):
+        bands.append(band.cpu())
+        if progress:
+            progress(y1, height)
+    return torch.cat(bands, dim=2)
+
+
+def decode_uint8(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int,
+                 chunk: int = DEFAULT_CHUNK, dtype: torch.dtype | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Decode straight into a uint8 canvas [B,height,width,3], band by band (no full float image)."""
+    canvas = np.empty((latent.shape[0], height, width, 3), dtype=np.uint8)
+    for y0, y1, band in decode_bands(model, latent, height, width, chunk, dtype):
+        canvas[:, y0:y1] = (band * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        if progress:
+            progress(y1, height)
+    return canvas
+
+
+def upscale_tensor(model: ArbScaleModel, image: torch.Tensor, height: int, width: int,
+                   steps: int = DEFAULT_STEPS, eta: float = DEFAULT_ETA, seed: int = 0,
+                   chunk: int = DEFAULT_CHUNK, dtype: torch.dtype | None = None,
+                   callback: Callback | None = None) -> torch.Tensor:
+    """image [B,3,h,w] in 0..1 -> [B,3,height,width] in 0..1."""
+    latent = denoise(model, encode_condition(model, image), steps=steps, eta=eta, seed=seed,
+                     dtype=dtype, callback=callback)
+    return decode(model, latent, height, width, chunk, dtype)
+
+
+def upscale(model: ArbScaleModel, image: torch.Tensor, scale: float | None = None,
+            size: tuple[int, int] | None = None, **kwargs) -> torch.Tensor:
+    """Upscale by ``scale`` (any positive float) or to ``size`` = (width, height)."""
+    if model.config.task != "sr":
+        raise ValueError("this model is a generation model; upscaling needs an SR model")
+    height, width = output_size(*image.shape[-2:], scale=scale, size=size)
+    return upscale_tensor(model, image, height, width, **kwargs)
+
+
+def generation_latent_size(model: ArbScaleModel, height: int, width: int, max_side: int = 64) -> tuple[int, int]:
+    """The latent for a generated image: the output / f, capped so the longer side is <= max_side
+    cells (the implicit decoder supplies the rest of the resolution)."""
+    f = model.config.downsample
+    h, w = height / f, width / f
+    shrink = max(1.0, max(h, w) / max_side)
+    return max(1, round(h / shrink)), max(1, round(w / shrink))
+
+
+def generate(model: ArbScaleModel, size: tuple[int, int], n: int = 1, seed: int = 0,
+             steps: int = DEFAULT_STEPS, eta: float = DEFAULT_ETA, chunk: int = DEFAULT_CHUNK,
+             dtype: torch.dtype | None = None, latent_size: tuple[int, int] | None = None,
+             callback: Callback | None = None) -> torch.Tensor:
+    """Noise -> DDIM -> decode at size = (width, height): [n,3,height,width] in 0..1."""
+    if model.config.task != "gen":
+        raise ValueError("this model is an SR model; generation needs a generation model")
+    height, width = output_size(1, 1, size=size)
+    lh, lw = latent_size or generation_latent_size(model, height, width)
+    latent = denoise(model, latent_shape=(n, model.config.latent_channels, lh, lw), steps=steps, eta=eta,
+                     seed=seed, dtype=dtype, callback=callback)
+    return decode(model, latent, height, width, chunk, dtype)

@@ -1,0 +1,51 @@
+"""Command line for the three training stages (see the model card for the commands we ran)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..checkpoint import CheckpointError
+from .stages import STAGES
+from .trainer import TrainArgs, train
+
+
+def parse(argv: list[str] | None = None) -> TrainArgs:
+    p = argparse.ArgumentParser(prog="python -m arbscale_core.train",
+                                description="Train ArbScale (stage: autoencoder, diffusion or align). "
+                                            "Resumes from OUT/state.* when present.")
+    p.add_argument("stage", choices=STAGES)
+    p.add_argument("--data", nargs="+", required=True, help="image folders")
+    p.add_argument("--val", help="validation image folder")
+    p.add_argument("--out", required=True, help="run folder: state, log.csv, model.safetensors")
+    p.add_argument("--init", help="model file from the previous stage")
+    p.add_argument("--preset", default="tiny", choices=("tiny", "paper"))
+    p.add_argument("--task", default="sr", choices=("sr", "gen"))
+    d = TrainArgs.__dataclass_fields__
+    for name in ("steps", "batch", "crop", "warmup", "seed", "log_every", "val_every", "save_every",
+                 "val_steps", "image_limit", "queries", "threads"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=d[name].default)
+    for name in ("lr", "weight_decay", "ema", "clip", "max_rel_scale", "snr_max", "lambda_dm", "lambda_rec"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=d[name].default)
+    p.add_argument("--lr-scale-range", type=float, nargs=2, default=[3.0, 5.0],
+                   help="LR downscale factors for the SR condition (min max)")
+    p.add_argument("--save-dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    ns = p.parse_args(argv)
+    kwargs = {k: v for k, v in vars(ns).items()}
+    kwargs["lr_scale_range"] = tuple(kwargs["lr_scale_range"])
+    return TrainArgs(**kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    try:
+        path = train(args)
+    except (ValueError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if path is not None:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

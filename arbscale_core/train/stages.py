@@ -1,0 +1,191 @@
+"""The three training stages as loss modules: forward(images [B,3,P,P] in -1..1) -> (loss, logs).
+
+Randomness comes from a generator shared by all ranks: each loss draws the *global* batch's random
+values and keeps its rank's slice, so N ranks x B images give the same update as 1 rank x N*B.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..diffusion import alphas_cumprod, predict_x0, q_sample, snr
+from ..imageops import resize
+from ..implicit_decoder import make_coord
+from ..model import ArbScaleModel
+
+STAGES = ("autoencoder", "diffusion", "align")
+
+
+class StageLoss(nn.Module):
+    def __init__(self, model: ArbScaleModel, rank: int = 0, world: int = 1, **opts):
+        super().__init__()
+        self.model = model
+        self.rank, self.world = rank, world
+        self.opts = opts
+        self.gen = torch.Generator().manual_seed(0)  # replaced by the trainer's shared generator
+
+    def local(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's slice of a global-batch tensor."""
+        b = x.shape[0] // self.world
+        return x[self.rank * b:(self.rank + 1) * b]
+
+    def trainable(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+
+def sample_targets(images: torch.Tensor, latent_hw: tuple[int, int], gen: torch.Generator,
+                   max_rel_scale: float, queries: int):
+    """Pick a random output scale r in [1, max_rel_scale] relative to the latent grid (half the
+    time the native one, where most outputs are judged), resize the HR crops to that size, and pick
+    random rows and columns of it. Returns (ys, xs positions in cell units, cell, target [B,3,n,m])."""
+    h, w = latent_hw
+    p = images.shape[-1]
+    native = p / w
+    u = torch.rand(3, generator=gen)
+    r = native if u[0] < 0.5 else 1.0 + float(u[1]) * (max_rel_scale - 1.0)
+    out_h, out_w = max(1, round(h * r)), max(1, round(w * r))
+    target = resize(images, out_h, out_w).clamp(-1, 1)
+    n = min(queries, out_h)
+    m = min(queries, out_w)
+    rows = torch.randperm(out_h, generator=gen)[:n].sort().values
+    cols = torch.randperm(out_w, generator=gen)[:m].sort().values
+    ys = make_coord(out_h, h)[rows]
+    xs = make_coord(out_w, w)[cols]
+    target = target[:, :, rows][:, :, :, cols]
+    return ys.to(images.device), xs.to(images.device), (h / out_h, w / out_w), target
+
+
+class AutoencoderLoss(StageLoss):
+    """Stage 1: L1 of the implicit decoder's output against the HR crop resized to a random scale."""
+
+    def trainable(self):
+        return [self.model.encoder, self.model.feature_decoder, self.model.implicit]
+
+    def forward(self, images):
+        m = self.model
+        latent = m.encode(images)
+        ys, xs, cell, target = sample_targets(images, latent.shape[-2:], self.gen,
+                                              self.opts.get("max_rel_scale", m.config.downsample),
+                                              self.opts.get("queries", 48))
+        pred = m.implicit.query(m.first_layer_map(latent), ys, xs, cell)
+        loss = F.l1_loss(pred, target)
+        return loss, {"l1": loss.detach()}
+
+
+def make_condition(model: ArbScaleModel, images: torch.Tensor, lr_scale: torch.Tensor) -> torch.Tensor:
+    """The SR condition latent: each HR crop downscaled by its factor, resized back, encoded."""
+    p = images.shape[-1]
+    conds = []
+    for img, s in zip(images, lr_scale.tolist()):
+        lr_side = max(1, round(p / s))
+        lr = resize(img[None], lr_side, lr_side)
+        conds.append(resize(lr, p, p))
+    return model.encode(torch.cat(conds).clamp(-1, 1))
+
+
+class DiffusionLoss(StageLoss):
+    """Stage 2: eps-prediction MSE on latents of HR crops (SR: conditioned on the LR latent)."""
+
+    def __init__(self, model, rank=0, world=1, **opts):
+        super().__init__(model, rank, world, **opts)
+        self.register_buffer("abar", alphas_cumprod(model.config), persistent=False)
+
+    def trainable(self):
+        return [self.model.unet]
+
+    def draw(self, n_global: int, latent_shape):
+        g = self.gen
+        t = torch.randint(self.model.config.train_timesteps, (n_global,), generator=g)
+        noise = torch.randn((n_global, *latent_shape), generator=g)
+        lo, hi = self.opts.get("lr_scale_range", (3.0, 5.0))
+        lr_scale = lo + (hi - lo) * torch.rand(n_global, generator=g)
+        return self.local(t), self.local(noise), self.local(lr_scale)
+
+    def diffusion_terms(self, images):
+        m = self.model
+        with torch.no_grad():
+            z0 = m.encode(images)
+        t, noise, lr_scale = self.draw(images.shape[0] * self.world, z0.shape[1:])
+        t, noise = t.to(z0.device), noise.to(z0.device)
+        cond = None
+        if m.config.task == "sr":
+            with torch.no_grad():
+                cond = make_condition(m, images, lr_scale)
+        x_t = q_sample(z0, t, noise, self.abar)
+        eps = m.unet(x_t, t, cond)
+        return z0, x_t, t, noise, eps
+
+    def forward(self, images):
+        _, _, _, noise, eps = self.diffusion_terms(images)
+        loss = F.mse_loss(eps, noise)
+        return loss, {"dm": loss.detach()}
+
+
+class AlignLoss(DiffusionLoss):
+    """Stage 3: l1 * L_dm + l2 * abar/(1-abar) * ||x0 - decode(z0_pred)||^2, decoding the predicted
+    latent through the frozen decoders at a random scale (gradients reach the U-Net through them)."""
+
+    def forward(self, images):
+        m = self.model
+        z0, x_t, t, noise, eps = self.diffusion_terms(images)
+        l_dm = F.mse_loss(eps, noise)
+        z0_pred = predict_x0(x_t, t, eps, self.abar)
+        ys, xs, cell, target = sample_targets(images, z0.shape[-2:], self.gen,
+                                              self.opts.get("max_rel_scale", m.config.downsample),
+                                              self.opts.get("queries", 48))
+        pred = m.implicit.query(m.first_layer_map(z0_pred), ys, xs, cell)
+        weight = snr(t, self.abar)
+        snr_max = self.opts.get("snr_max")
+        if snr_max:
+            weight = weight.clamp(max=snr_max)
+        per_sample = (pred - target).pow(2).mean(dim=(1, 2, 3))
+        l_rec = (weight * per_sample).mean()
+        loss = self.opts.get("lambda_dm", 1.0) * l_dm + self.opts.get("lambda_rec", 1.0) * l_rec
+        return loss, {"dm": l_dm.detach(), "rec": l_rec.detach()}
+
+
+LOSSES = {"autoencoder": AutoencoderLoss, "diffusion": DiffusionLoss, "align": AlignLoss}
+
+
+@torch.no_grad()
+def measure_latent_scale(model: ArbScaleModel, images: torch.Tensor) -> float:
+    """1 / std of the (unscaled) latents, so diffusion sees roughly unit variance."""
+    z = model.encoder(images)
+    return float(1.0 / z.float().std().clamp(min=1e-6))
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean PSNR in dB of images in -1..1 (quantised to 8 bit as a saved file would be)."""
+    a = ((a.clamp(-1, 1) + 1) * 127.5).round()
+    b = ((b.clamp(-1, 1) + 1) * 127.5).round()
+    mse = (a - b).pow(2).flatten(1).mean(1).clamp(min=1e-10)
+    return float((10 * torch.log10(255.0 ** 2 / mse)).mean())
+
+
+def validation_psnr(model: ArbScaleModel, val: torch.Tensor, stage: str, steps: int = 10) -> dict[str, float]:
+    """Stage 1: reconstruction PSNR at the native scale. Stages 2-3 (SR): x4 PSNR of DDIM output
+    vs bicubic. Generation models: the eps loss on the validation crops."""
+    model.eval()
+    p = val.shape[-1]
+    out = {}
+    with torch.no_grad():
+        if stage == "autoencoder":
+            rec = model.decode(model.encode(val), p, p)
+            out["val_recon_psnr"] = psnr(rec, val)
+            lr = resize(val, p // 4, p // 4).clamp(-1, 1)
+            out["val_bicubic_x4_psnr"] = psnr(resize(lr, p, p), val)
+        elif model.config.task == "sr":
+            from ..pipeline import upscale_tensor
+
+            lr = resize(val, p // 4, p // 4).clamp(-1, 1)
+            sr = upscale_tensor(model, (lr + 1) / 2, p, p, steps=steps, seed=0) * 2 - 1
+            out["val_sr_x4_psnr"] = psnr(sr, val)
+            out["val_bicubic_x4_psnr"] = psnr(resize(lr, p, p), val)
+        else:
+            loss = DiffusionLoss(model)
+            loss.gen.manual_seed(0)
+            out["val_dm"] = float(loss(val)[0])
+    model.train()
+    return out
+

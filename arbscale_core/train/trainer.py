@@ -1,0 +1,268 @@
+"""Training loop shared by the three stages: AdamW, EMA, clipping, cosine LR, CSV log, tqdm,
+validation, atomic resumable state (safetensors + JSON, no pickle) and DDP via torchrun."""
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..checkpoint import load_model, save_model
+from ..config import preset
+from ..fileio import atomic_path
+from ..model import ArbScaleModel
+from .data import ImageSet
+from .stages import LOSSES, measure_latent_scale, validation_psnr
+
+
+@dataclass
+class TrainArgs:
+    stage: str
+    data: list[str]
+    out: str
+    val: str | None = None
+    init: str | None = None
+    preset: str = "tiny"
+    task: str = "sr"
+    steps: int = 1000
+    batch: int = 16            # global batch, split over ranks
+    crop: int = 64
+    lr: float = 2e-4
+    warmup: int = 100
+    weight_decay: float = 0.0
+    ema: float = 0.999
+    clip: float = 1.0
+    seed: int = 0
+    log_every: int = 25
+    val_every: int = 500
+    save_every: int = 200
+    val_steps: int = 10
+    image_limit: int | None = None
+    queries: int = 48
+    max_rel_scale: float | None = None
+    lr_scale_range: tuple[float, float] = (3.0, 5.0)
+    snr_max: float | None = None
+    lambda_dm: float = 1.0
+    lambda_rec: float = 1.0
+    threads: int | None = None
+    save_dtype: str = "float32"
+    extra: dict = field(default_factory=dict)
+
+
+def _dist_setup() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def build_model(args: TrainArgs) -> ArbScaleModel:
+    torch.manual_seed(args.seed)
+    if args.init is None:
+        if args.stage != "autoencoder":
+            raise ValueError(f"stage {args.stage} needs --init (the previous stage's model file)")
+        return ArbScaleModel(preset(args.preset, args.task))
+    init = load_model(args.init)
+    if init.config.task == args.task:
+        return init.train()
+    # Same autoencoder, fresh U-Net for the other task.
+    model = ArbScaleModel(init.config.replace(task=args.task))
+    state = {k: v for k, v in init.state_dict().items() if not k.startswith("unet.")}
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+class Trainer:
+    def __init__(self, args: TrainArgs):
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        self.args = args
+        self.rank, self.world, self.device = _dist_setup()
+        if args.batch % self.world:
+            raise ValueError(f"global batch {args.batch} must divide by the number of ranks {self.world}")
+        self.out = Path(args.out)
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.model = build_model(args).to(self.device)
+        opts = {"queries": args.queries, "lr_scale_range": tuple(args.lr_scale_range),
+                "snr_max": args.snr_max, "lambda_dm": args.lambda_dm, "lambda_rec": args.lambda_rec}
+        if args.max_rel_scale:
+            opts["max_rel_scale"] = args.max_rel_scale
+        self.loss = LOSSES[args.stage](self.model, self.rank, self.world, **opts).to(self.device)
+        self.model.requires_grad_(False)
+        for part in self.loss.trainable():
+            part.requires_grad_(True)
+        self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        self.ema = {n: p.detach().clone() for n, p in self.params.items()}
+        self.opt = torch.optim.AdamW(self.params.values(), lr=args.lr, weight_decay=args.weight_decay)
+        self.gen = torch.Generator().manual_seed(args.seed)
+        self.loss.gen = self.gen
+        self.step = 0
+        self.ddp = DistributedDataParallel(self.loss) if self.world > 1 else self.loss
+        self.data = ImageSet(args.data, args.crop, args.image_limit)
+        self.val = None
+        if args.val and self.rank == 0:
+            self.val = ImageSet([args.val], args.crop * 2).center_crops(args.crop * 2).to(self.device)
+        self.resume()
+
+    # --- state -----------------------------------------------------------------------------------
+    @property
+    def state_paths(self) -> tuple[Path, Path]:
+        return self.out / "state.safetensors", self.out / "state.json"
+
+    def save_state(self) -> None:
+        if self.rank != 0:
+            return
+        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        tensors.update({f"ema.{k}": v.cpu().contiguous() for k, v in self.ema.items()})
+        opt_state = self.opt.state_dict()
+        for idx, st in opt_state["state"].items():
+            for k, v in st.items():
+                tensors[f"opt.{idx}.{k}"] = torch.as_tensor(v).cpu().contiguous()
+        tensors["rng.generator"] = self.gen.get_state()
+        tensors["rng.torch"] = torch.get_rng_state()
+        meta = {"step": self.step, "args": dataclasses.asdict(self.args),
+                "param_groups": opt_state["param_groups"], "config": self.model.config.to_json()}
+        st_path, js_path = self.state_paths
+        with atomic_path(st_path) as tmp:
+            save_file(tensors, str(tmp))
+        with atomic_path(js_path) as tmp:
+            tmp.write_text(json.dumps(meta, indent=1))
+
+    def resume(self) -> None:
+        st_path, js_path = self.state_paths
+        if not (st_path.exists() and js_path.exists()):
+            return
+        meta = json.loads(js_path.read_text())
+        tensors = load_file(str(st_path))
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        for k in self.ema:
+            self.ema[k] = tensors[f"ema.{k}"].to(self.device)
+        opt_state = {"param_groups": meta["param_groups"], "state": {}}
+        for key, v in tensors.items():
+            if key.startswith("opt."):
+                _, idx, name = key.split(".", 2)
+                opt_state["state"].setdefault(int(idx), {})[name] = v.to(self.device) if name != "step" else v
+        self.opt.load_state_dict(opt_state)
+        self.gen.set_state(tensors["rng.generator"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.step = int(meta["step"])
+        if self.rank == 0:
+            print(f"resumed {self.args.stage} from step {self.step}", flush=True)
+
+    def export(self) -> Path:
+        """The EMA weights as a model file (stage 1 also measures the latent scale)."""
+        model = copy.deepcopy(self.model).cpu().eval()
+        with torch.no_grad():
+            params = dict(model.named_parameters())
+            for k, v in self.ema.items():
+                params[k].copy_(v)
+        if self.args.stage == "autoencoder":
+            crops = self.data.random_crops(64, self.args.crop, torch.Generator().manual_seed(1234))
+            scale = measure_latent_scale(model, crops)
+            new = ArbScaleModel(model.config.replace(latent_scale=scale))
+            new.load_state_dict(model.state_dict())
+            model = new
+        path = self.out / "model.safetensors"
+        info = {"stage": self.args.stage, "step": self.step, "task": model.config.task,
+                "data": [Path(d).name for d in self.args.data], "crop": self.args.crop,
+                "batch": self.args.batch, "seed": self.args.seed, "init": self.args.init and Path(self.args.init).name}
+        save_model(model, path, training=info, dtype=getattr(torch, self.args.save_dtype))
+        return path
+
+    # --- loop ------------------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        import math
+        a = self.args
+        if step < a.warmup:
+            return a.lr * (step + 1) / a.warmup
+        progress = (step - a.warmup) / max(1, a.steps - a.warmup)
+        return a.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+    def train_step(self) -> dict[str, float]:
+        a = self.args
+        b = a.batch // self.world
+        crops = self.data.random_crops(a.batch, a.crop, self.gen)
+        images = crops[self.rank * b:(self.rank + 1) * b].to(self.device)
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        loss, logs = self.ddp(images)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), a.clip)
+        self.opt.step()
+        with torch.no_grad():
+            names = list(self.ema)
+            torch._foreach_lerp_([self.ema[n] for n in names], [self.params[n].detach() for n in names],
+                                 1.0 - a.ema)
+        self.step += 1
+        out = {"loss": float(loss.detach()), "grad_norm": float(grad_norm), "lr": self.lr_at(self.step - 1)}
+        out.update({k: float(v) for k, v in logs.items()})
+        return out
+
+    def run(self) -> Path | None:
+        a = self.args
+        log_path = self.out / "log.csv"
+        bar = tqdm(total=a.steps, initial=self.step, disable=self.rank != 0, desc=a.stage, dynamic_ncols=True)
+        t0 = time.time()
+        writer = None
+        while self.step < a.steps:
+            logs = self.train_step()
+            bar.update(1)
+            if self.rank == 0 and (self.step % a.log_every == 0 or self.step == a.steps):
+                row = {"step": self.step, "time_s": round(time.time() - t0, 1), **logs}
+                if self.val is not None and (self.step % a.val_every == 0 or self.step == a.steps):
+                    row.update(validation_psnr(self.ema_model(), self.val, a.stage, a.val_steps))
+                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("step", "time_s", "lr")})
+                new_file = not log_path.exists()
+                with open(log_path, "a", newline="") as fh:
+                    writer = csv.writer(fh)
+                    if new_file:
+                        writer.writerow(["step", "key", "value"])
+                    for k, v in row.items():
+                        if k != "step":
+                            writer.writerow([self.step, k, v])
+            if self.step % a.save_every == 0 or self.step == a.steps:
+                self.save_state()
+        bar.close()
+        if self.world > 1:
+            dist.barrier()
+        if self.rank == 0:
+            return self.export()
+        return None
+
+    def ema_model(self) -> ArbScaleModel:
+        model = copy.deepcopy(self.model)
+        with torch.no_grad():
+            params = dict(model.named_parameters())
+            for k, v in self.ema.items():
+                params[k].copy_(v)
+        return model
+
+
+def train(args: TrainArgs) -> Path | None:
+    trainer = Trainer(args)
+    try:
+        return trainer.run()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+

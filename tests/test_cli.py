@@ -1,0 +1,133 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from arbscale_core.cli import main
+
+from conftest import file_hash, write_png
+
+
+def run_cli(argv, capsys):
+    rc = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_upscale_file_non_integer(tmp_path, sr_ckpt, capsys):
+    src = write_png(tmp_path / "in.png", 17, 11)
+    dst = tmp_path / "out.png"
+    rc, out, err = run_cli(["upscale", src, "-o", dst, "--scale", "3.7", "--steps", "2", "--model", sr_ckpt], capsys)
+    assert rc == 0, err
+    assert Image.open(dst).size == (63, 41)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_upscale_folder_to_size(tmp_path, sr_ckpt, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    write_png(src / "a.png", 10, 8)
+    write_png(src / "b.png", 6, 12, seed=1)
+    (src / "notes.txt").write_text("ignored: not an image suffix")
+    out = tmp_path / "out"
+    out.mkdir()
+    rc, _, err = run_cli(["upscale", src, "-o", out, "--size", "30x20", "--steps", "1", "--model", sr_ckpt,
+                          "--chunk", "50"], capsys)
+    assert rc == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["a_30x20.png", "b_30x20.png"]
+    assert all(Image.open(p).size == (30, 20) for p in out.iterdir())
+
+
+def test_generate_and_info(tmp_path, gen_ckpt, sr_ckpt, capsys):
+    dst = tmp_path / "tex.png"
+    rc, _, err = run_cli(["generate", "-o", dst, "--size", "40x24", "-n", "2", "--steps", "2", "--model", gen_ckpt],
+                         capsys)
+    assert rc == 0, err
+    assert [Image.open(tmp_path / f"tex_{i}.png").size for i in range(2)] == [(40, 24), (40, 24)]
+    rc, out, _ = run_cli(["info", sr_ckpt], capsys)
+    assert rc == 0
+    assert "task: sr" in out and "parameters:" in out and "random init for tests" in out
+
+
+BAD = {
+    "missing input": (["upscale", "{tmp}/nope.png", "-o", "{tmp}/o.png", "--scale", "2"], "input not found"),
+    "not an image": (["upscale", "{txt}", "-o", "{tmp}/o.png", "--scale", "2"], "not a readable image"),
+    "scale zero": (["upscale", "{img}", "-o", "{tmp}/o.png", "--scale", "0"], "scale must be"),
+    "scale negative": (["upscale", "{img}", "-o", "{tmp}/o.png", "--scale", "-3"], "scale must be"),
+    "scale nan": (["upscale", "{img}", "-o", "{tmp}/o.png", "--scale", "nan"], "scale must be"),
+    "scale inf": (["upscale", "{img}", "-o", "{tmp}/o.png", "--scale", "inf"], "scale must be"),
+    "scale text": (["upscale", "{img}", "-o", "{tmp}/o.png", "--scale", "big"], "scale must be a number"),
+    "size malformed": (["upscale", "{img}", "-o", "{tmp}/o.png", "--size", "12by4"], "WIDTHxHEIGHT"),
+    "size zero": (["upscale", "{img}", "-o", "{tmp}/o.png", "--size", "0x40"], "size must be positive"),
+    "size negative": (["upscale", "{img}", "-o", "{tmp}/o.png", "--size=-5x40"], "WIDTHxHEIGHT"),
+    "both scale and size": (["upscale", "{img}", "-o", "{tmp}/o.png", "--size", "5x5", "--scale", "2"], "exactly one"),
+    "no output folder": (["upscale", "{img}", "-o", "{tmp}/missing/o.png", "--scale", "2"], "output folder does not exist"),
+    "several inputs, no folder": (["upscale", "{img}", "{img2}", "-o", "{tmp}/o.png", "--scale", "2"],
+                                  "output folder does not exist"),
+    "bad model": (["upscale", "{img}", "-o", "{tmp}/o.png", "--scale", "2", "--model", "{txt}"],
+                  "not a valid safetensors file"),
+    "gen model for upscale": (["upscale", "{img}", "-o", "{tmp}/o.png", "--scale", "2", "--model", "{gen}"],
+                              "generation model"),
+    "overwrite input": (["upscale", "{img}", "-o", "{img}", "--scale", "2"], "would overwrite an input"),
+    "steps zero": (["upscale", "{img}", "-o", "{tmp}/o.png", "--scale", "2", "--steps", "0"], "--steps"),
+    "eta negative": (["upscale", "{img}", "-o", "{tmp}/o.png", "--scale", "2", "--eta", "-1"], "--eta"),
+    "unknown device": (["upscale", "{img}", "-o", "{tmp}/o.png", "--scale", "2", "--device", "tpu9"], "device"),
+    "fp16 on cpu": (["upscale", "{img}", "-o", "{tmp}/o.png", "--scale", "2", "--device", "cpu", "--dtype", "fp16"],
+                    "fp16"),
+    "huge size": (["upscale", "{img}", "-o", "{tmp}/o.png", "--size", "100000x100000"], "too large"),
+    "unknown option": (["upscale", "{img}", "-o", "{tmp}/o.png", "--scale", "2", "--frobnicate"], "unrecognized"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_one_line_error_nothing_written(case, tmp_path, sr_ckpt, gen_ckpt, capsys):
+    img = write_png(tmp_path / "in.png", 8, 6)
+    img2 = write_png(tmp_path / "in2.png", 8, 6, seed=2)
+    txt = tmp_path / "notes.png"
+    txt.write_text("not an image")
+    argv, message = BAD[case]
+    fields = dict(tmp=tmp_path, img=img, img2=img2, txt=txt, gen=gen_ckpt)
+    argv = [a.format(**fields) for a in argv]
+    if "--model" not in argv:
+        argv += ["--model", str(sr_ckpt)]
+    before = {p: file_hash(p) for p in tmp_path.iterdir() if p.is_file()}
+    rc, out, err = run_cli(argv, capsys)
+    assert rc != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    after = {p: file_hash(p) for p in tmp_path.iterdir() if p.is_file()}
+    assert after == before  # no output, no temp file, inputs untouched
+
+
+def test_unwritable_output(tmp_path, sr_ckpt, capsys):
+    target = Path("/proc/arbscale_out.png")
+    if os.access("/proc", os.W_OK) and not Path("/proc/self").exists():
+        pytest.skip("no unwritable folder to try")
+    img = write_png(tmp_path / "in.png", 8, 6)
+    before = file_hash(img)
+    rc, _, err = run_cli(["upscale", img, "-o", target, "--scale", "2", "--steps", "1", "--model", sr_ckpt], capsys)
+    assert rc != 0
+    assert err.strip().startswith("error: cannot write to /proc") and len(err.strip().splitlines()) == 1, err
+    assert not target.exists() and file_hash(img) == before
+
+
+def test_console_script_no_traceback(tmp_path):
+    """The installed entry point: user errors never show a traceback."""
+    exe = Path(sys.executable).with_name("arbscale")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "arbscale_core.cli"]
+    res = subprocess.run(cmd + ["upscale", str(tmp_path / "x.png"), "-o", str(tmp_path / "y.png"), "--scale", "2"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2
+    assert res.stderr.strip() == f"error: input not found: {tmp_path / 'x.png'}"
+
+
+def test_missing_default_model_says_so(tmp_path, capsys, monkeypatch):
+    import arbscale_core.cli as cli
+
+    monkeypatch.setitem(cli.DEFAULT_MODELS, "sr", tmp_path / "absent.safetensors")
+    img = write_png(tmp_path / "in.png", 8, 6)
+    rc, _, err = run_cli(["upscale", img, "-o", tmp_path / "o.png", "--scale", "2"], capsys)
+    assert rc == 2 and "no bundled sr weights" in err and "--model" in err
