@@ -53,6 +53,10 @@ class ModelConfig:
     beta_start: float = 0.00085
     beta_end: float = 0.012
     cond_scale: float = 4.0
+    # Residual latent diffusion (SR only): diffuse (z_hr - z_cond) * residual_scale instead of z_hr,
+    # so "no change" is free and a small U-Net only learns the missing detail.
+    residual: bool = False
+    residual_scale: float = 1.0
 
     def __post_init__(self):
         if self.version != CONFIG_VERSION:
@@ -105,7 +109,7 @@ class ModelConfig:
 def preset(name: str, task: str = "sr") -> ModelConfig:
     """``tiny``: trains on a 2-core CPU in hours. ``paper``: the paper's sizes, for GPUs."""
     if name == "tiny":
-        return ModelConfig(task=task, latent_channels=8)
+        return ModelConfig(task=task, latent_channels=8, residual=task == "sr")
     if name == "paper":
         return ModelConfig(
             task=task, latent_channels=4, ae_channels=128, ae_channel_mult=(1, 2, 4),

@@ -50,6 +50,17 @@ class ArbScaleModel(nn.Module):
         bands = [rgb for _, _, rgb in self.decode_bands(latent, height, width, chunk, autocast_dtype)]
         return torch.cat(bands, dim=2)
 
+    def to_diffusion(self, latent: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """The space the U-Net denoises: the latent itself, or its scaled residual over the condition."""
+        if self.config.residual and cond is not None:
+            return (latent - cond) * self.config.residual_scale
+        return latent
+
+    def from_diffusion(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        if self.config.residual and cond is not None:
+            return cond + x / self.config.residual_scale
+        return x
+
     def condition_size(self, lr_height: int, lr_width: int) -> tuple[int, int]:
         """Pixel size the LR image is resized to before encoding (a multiple of f)."""
         f = self.config.downsample

@@ -96,8 +96,13 @@ def denoise(model: ArbScaleModel, cond: torch.Tensor | None = None, latent_shape
         with _autocast(device, dtype):
             return model.unet(x, t, cond)
 
-    return sample_ddim(eps_fn, noise, alphas_cumprod(model.config), steps=steps, eta=eta,
-                       generator=gen if device.type == "cpu" else None, callback=callback)
+    def x0_callback(i: int, n: int, x0: torch.Tensor) -> None:
+        callback(i, n, model.from_diffusion(x0, cond))
+
+    x = sample_ddim(eps_fn, noise, alphas_cumprod(model.config), steps=steps, eta=eta,
+                    generator=gen if device.type == "cpu" else None,
+                    callback=x0_callback if callback is not None else None)
+    return model.from_diffusion(x, cond)
 
 
 @torch.no_grad()

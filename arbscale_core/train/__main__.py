@@ -28,11 +28,27 @@ def parse(argv: list[str] | None = None) -> TrainArgs:
         p.add_argument("--" + name.replace("_", "-"), type=float, default=d[name].default)
     p.add_argument("--lr-scale-range", type=float, nargs=2, default=[3.0, 5.0],
                    help="LR downscale factors for the SR condition (min max)")
+    p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset field (JSON value), e.g. --config unet_channels=32")
     p.add_argument("--save-dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     ns = p.parse_args(argv)
     kwargs = {k: v for k, v in vars(ns).items()}
     kwargs["lr_scale_range"] = tuple(kwargs["lr_scale_range"])
+    kwargs["config"] = dict(_override(item, p) for item in ns.config)
     return TrainArgs(**kwargs)
+
+
+def _override(item: str, parser: argparse.ArgumentParser) -> tuple[str, object]:
+    import json
+
+    key, sep, value = item.partition("=")
+    if not sep:
+        parser.error(f"--config takes KEY=VALUE, got {item!r}")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return key, tuple(parsed) if isinstance(parsed, list) else parsed
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -112,12 +112,12 @@ class DiffusionLoss(StageLoss):
         if m.config.task == "sr":
             with torch.no_grad():
                 cond = make_condition(m, images, lr_scale)
-        x_t = q_sample(z0, t, noise, self.abar)
+        x_t = q_sample(m.to_diffusion(z0, cond), t, noise, self.abar)
         eps = m.unet(x_t, t, cond)
-        return z0, x_t, t, noise, eps
+        return z0, cond, x_t, t, noise, eps
 
     def forward(self, images):
-        _, _, _, noise, eps = self.diffusion_terms(images)
+        *_, noise, eps = self.diffusion_terms(images)
         loss = F.mse_loss(eps, noise)
         return loss, {"dm": loss.detach()}
 
@@ -128,9 +128,9 @@ class AlignLoss(DiffusionLoss):
 
     def forward(self, images):
         m = self.model
-        z0, x_t, t, noise, eps = self.diffusion_terms(images)
+        z0, cond, x_t, t, noise, eps = self.diffusion_terms(images)
         l_dm = F.mse_loss(eps, noise)
-        z0_pred = predict_x0(x_t, t, eps, self.abar)
+        z0_pred = m.from_diffusion(predict_x0(x_t, t, eps, self.abar), cond)
         ys, xs, cell, target = sample_targets(images, z0.shape[-2:], self.gen,
                                               self.opts.get("max_rel_scale", m.config.downsample),
                                               self.opts.get("queries", 48))
@@ -146,6 +146,15 @@ class AlignLoss(DiffusionLoss):
 
 
 LOSSES = {"autoencoder": AutoencoderLoss, "diffusion": DiffusionLoss, "align": AlignLoss}
+
+
+@torch.no_grad()
+def measure_residual_scale(model: ArbScaleModel, images: torch.Tensor, lr_scale_range=(3.0, 5.0)) -> float:
+    """1 / std of (z_hr - z_cond) over crops: the residual diffusion space's unit variance."""
+    lo, hi = lr_scale_range
+    scales = torch.linspace(lo, hi, images.shape[0])
+    diff = model.encode(images) - make_condition(model, images, scales)
+    return float(1.0 / diff.float().std().clamp(min=1e-6))
 
 
 @torch.no_grad()

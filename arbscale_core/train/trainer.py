@@ -23,7 +23,7 @@ from ..config import preset
 from ..fileio import atomic_path
 from ..model import ArbScaleModel
 from .data import ImageSet
-from .stages import LOSSES, measure_latent_scale, validation_psnr
+from .stages import LOSSES, measure_latent_scale, measure_residual_scale, validation_psnr
 
 
 @dataclass
@@ -57,7 +57,7 @@ class TrainArgs:
     lambda_rec: float = 1.0
     threads: int | None = None
     save_dtype: str = "float32"
-    extra: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)  # overrides of the preset's fields (stage 1)
 
 
 def _dist_setup() -> tuple[int, int, torch.device]:
@@ -73,17 +73,22 @@ def _dist_setup() -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def build_model(args: TrainArgs) -> ArbScaleModel:
+def build_model(args: TrainArgs, images: ImageSet | None = None) -> ArbScaleModel:
     torch.manual_seed(args.seed)
     if args.init is None:
         if args.stage != "autoencoder":
             raise ValueError(f"stage {args.stage} needs --init (the previous stage's model file)")
-        return ArbScaleModel(preset(args.preset, args.task))
+        return ArbScaleModel(preset(args.preset, args.task).replace(**args.config))
     init = load_model(args.init)
-    if init.config.task == args.task:
+    if init.config.task == args.task and args.stage == "align":
         return init.train()
-    # Same autoencoder, fresh U-Net for the other task.
-    model = ArbScaleModel(init.config.replace(task=args.task))
+    # Stage 2: the stage-1 autoencoder with a fresh U-Net for the task.
+    residual = args.config.get("residual", preset(args.preset, args.task).residual)
+    cfg = init.config.replace(task=args.task, residual=residual and args.task == "sr")
+    if cfg.residual and images is not None:
+        crops = images.random_crops(64, args.crop, torch.Generator().manual_seed(4321))
+        cfg = cfg.replace(residual_scale=measure_residual_scale(init, crops, args.lr_scale_range))
+    model = ArbScaleModel(cfg)
     state = {k: v for k, v in init.state_dict().items() if not k.startswith("unet.")}
     model.load_state_dict(state, strict=False)
     return model
@@ -100,7 +105,8 @@ class Trainer:
         self.out = Path(args.out)
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
-        self.model = build_model(args).to(self.device)
+        self.data = ImageSet(args.data, args.crop, args.image_limit)
+        self.model = build_model(args, self.data).to(self.device)
         opts = {"queries": args.queries, "lr_scale_range": tuple(args.lr_scale_range),
                 "snr_max": args.snr_max, "lambda_dm": args.lambda_dm, "lambda_rec": args.lambda_rec}
         if args.max_rel_scale:
@@ -116,7 +122,6 @@ class Trainer:
         self.loss.gen = self.gen
         self.step = 0
         self.ddp = DistributedDataParallel(self.loss) if self.world > 1 else self.loss
-        self.data = ImageSet(args.data, args.crop, args.image_limit)
         self.val = None
         if args.val and self.rank == 0:
             self.val = ImageSet([args.val], args.crop * 2).center_crops(args.crop * 2).to(self.device)
@@ -208,10 +213,13 @@ class Trainer:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), a.clip)
         self.opt.step()
+        # EMA warm-up: early on the average follows the weights closely, so no trace of the random
+        # init survives in short runs.
+        decay = min(a.ema, (1 + self.step) / (10 + self.step))
         with torch.no_grad():
             names = list(self.ema)
             torch._foreach_lerp_([self.ema[n] for n in names], [self.params[n].detach() for n in names],
-                                 1.0 - a.ema)
+                                 1.0 - decay)
         self.step += 1
         out = {"loss": float(loss.detach()), "grad_norm": float(grad_norm), "lr": self.lr_at(self.step - 1)}
         out.update({k: float(v) for k, v in logs.items()})
@@ -243,10 +251,24 @@ class Trainer:
                 self.save_state()
         bar.close()
         if self.world > 1:
-            dist.barrier()
+            self.check_ranks_agree()
         if self.rank == 0:
             return self.export()
         return None
+
+    def check_ranks_agree(self) -> None:
+        """DDP sanity check: every rank must hold bit-identical weights; rank 0 records the digests."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name in sorted(self.params):
+            digest.update(self.params[name].detach().cpu().numpy().tobytes())
+        digests: list[str | None] = [None] * self.world
+        dist.all_gather_object(digests, digest.hexdigest())
+        if self.rank == 0:
+            (self.out / "ranks.json").write_text(json.dumps({"world": self.world, "weights_sha256": digests}))
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"DDP ranks diverged: weight digests {digests}")
 
     def ema_model(self) -> ArbScaleModel:
         model = copy.deepcopy(self.model)
