@@ -92,3 +92,23 @@ def test_bf16_pipeline_close(sr_model):
     b = upscale(sr_model, img, scale=2.5, steps=2, dtype=torch.bfloat16)
     assert math.isfinite(float(b.sum()))
     assert (a - b).abs().max() < 0.1
+
+
+def test_residual_model_denoises_around_condition():
+    """Residual SR: an eps-model that predicts "no residual" returns exactly the condition latent."""
+    from arbscale_core.diffusion import alphas_cumprod
+
+    from conftest import micro_model
+
+    model = micro_model("sr", residual=True, residual_scale=2.5)
+    abar = alphas_cumprod(model.config).float()
+
+    def zero_residual_eps(x, t, cond=None):
+        a = abar[t].view(-1, 1, 1, 1)
+        return x / (1 - a).sqrt()  # the exact eps when x0 (the residual) is 0
+
+    model.unet.forward = zero_residual_eps
+    cond = encode_condition(model, torch.rand(1, 3, 7, 9))
+    for steps, eta in ((1, 0.0), (8, 1.0)):
+        latent = denoise(model, cond, steps=steps, eta=eta, seed=2)
+        torch.testing.assert_close(latent, cond, atol=1e-4, rtol=1e-4)
