@@ -109,7 +109,7 @@ class ModelConfig:
 def preset(name: str, task: str = "sr") -> ModelConfig:
     """``tiny``: trains on a 2-core CPU in hours. ``paper``: the paper's sizes, for GPUs."""
     if name == "tiny":
-        return ModelConfig(task=task, latent_channels=8, residual=task == "sr")
+        return ModelConfig(task=task, latent_channels=16, residual=task == "sr")
     if name == "paper":
         return ModelConfig(
             task=task, latent_channels=4, ae_channels=128, ae_channel_mult=(1, 2, 4),

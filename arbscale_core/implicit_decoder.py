@@ -92,24 +92,25 @@ class ImplicitDecoder(nn.Module):
         return out
 
 
-def output_bands(height: int, width: int, chunk: int) -> Iterator[tuple[int, int]]:
-    """Row ranges [y0, y1) covering height, each at most max(1, chunk // width) rows."""
+def output_bands(height: int, width: int, chunk: int, start_row: int = 0) -> Iterator[tuple[int, int]]:
+    """Row ranges [y0, y1) covering rows start_row..height, each at most max(1, chunk // width) rows."""
     if chunk <= 0:
         raise ValueError(f"chunk must be a positive number of pixels, got {chunk}")
     rows = max(1, chunk // width)
-    for y0 in range(0, height, rows):
+    for y0 in range(start_row, height, rows):
         yield y0, min(height, y0 + rows)
 
 
 def decode_bands(decoder: ImplicitDecoder, first: torch.Tensor, height: int, width: int,
-                 chunk: int = 65536, autocast_dtype: torch.dtype | None = None,
+                 chunk: int = 65536, autocast_dtype: torch.dtype | None = None, start_row: int = 0,
                  ) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yield (y0, y1, rgb [B,3,y1-y0,width]) bands of the decoded image; memory stays per band."""
+    """Yield (y0, y1, rgb [B,3,y1-y0,width]) bands of the decoded image from ``start_row`` on;
+    memory stays per band."""
     if height <= 0 or width <= 0:
         raise ValueError(f"output size must be positive, got {width}x{height}")
     h, w = first.shape[-2:]
     ys_all = make_coord(height, h, device=first.device)
     xs = make_coord(width, w, device=first.device)
     cell = (h / height, w / width)
-    for y0, y1 in output_bands(height, width, chunk):
+    for y0, y1 in output_bands(height, width, chunk, start_row):
         yield y0, y1, decoder.query(first, ys_all[y0:y1], xs, cell, autocast_dtype)

@@ -39,10 +39,11 @@ class ArbScaleModel(nn.Module):
         return self.implicit.first_layer_map(self.feature_decoder(latent / self.config.latent_scale))
 
     def decode_bands(self, latent: torch.Tensor, height: int, width: int, chunk: int = 65536,
-                     autocast_dtype: torch.dtype | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
+                     autocast_dtype: torch.dtype | None = None, start_row: int = 0,
+                     ) -> Iterator[tuple[int, int, torch.Tensor]]:
         """Yield (y0, y1, rgb [B,3,y1-y0,width] in about -1..1) for an output of height x width."""
         first = self.first_layer_map(latent)
-        yield from decode_bands(self.implicit, first, height, width, chunk, autocast_dtype)
+        yield from decode_bands(self.implicit, first, height, width, chunk, autocast_dtype, start_row)
 
     def decode(self, latent: torch.Tensor, height: int, width: int, chunk: int = 65536,
                autocast_dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -34,6 +34,11 @@ def check_scale(scale: float) -> float:
     return value
 
 
+def scaled_side(side: int, scale: float) -> int:
+    """side x scale rounded half up (22.5 -> 23, not Python's banker's 22), at least 1."""
+    return max(1, math.floor(side * scale + 0.5))
+
+
 def output_size(lr_height: int, lr_width: int, scale: float | None = None,
                 size: tuple[int, int] | None = None) -> tuple[int, int]:
     """(height, width) for a scale or an explicit (width, height); exactly one must be given."""
@@ -46,7 +51,7 @@ def output_size(lr_height: int, lr_width: int, scale: float | None = None,
         height, width = int(height), int(width)
     else:
         s = check_scale(scale)
-        height, width = max(1, round(lr_height * s)), max(1, round(lr_width * s))
+        height, width = scaled_side(lr_height, s), scaled_side(lr_width, s)
     if height * width > MAX_OUTPUT_PIXELS:
         raise ValueError(f"output {width}x{height} is too large (over {MAX_OUTPUT_PIXELS} pixels)")
     return height, width
@@ -107,11 +112,11 @@ def denoise(model: ArbScaleModel, cond: torch.Tensor | None = None, latent_shape
 
 @torch.no_grad()
 def decode_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int,
-                 chunk: int = DEFAULT_CHUNK, dtype: torch.dtype | None = None,
+                 chunk: int = DEFAULT_CHUNK, dtype: torch.dtype | None = None, start_row: int = 0,
                  ) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yield (y0, y1, rgb [B,3,y1-y0,width] in 0..1) bands of the decoded image."""
+    """Yield (y0, y1, rgb [B,3,y1-y0,width] in 0..1) bands of the decoded image from start_row on."""
     for y0, y1, band in model.decode_bands(latent.to(next(model.parameters()).device), height, width,
-                                           chunk, dtype):
+                                           chunk, dtype, start_row):
         yield y0, y1, ((band + 1) / 2).clamp(0, 1)
 
 

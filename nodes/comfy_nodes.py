@@ -1,0 +1,211 @@
+"""ComfyUI V3 nodes: thin wrappers over ``logic`` (and through it ``arbscale_core``)."""
+from __future__ import annotations
+
+import os
+
+import comfy.model_management as mm
+import comfy.utils
+import folder_paths
+import torch
+from comfy_api.latest import ComfyExtension, io
+
+from arbscale_core.cli import DEFAULT_MODELS
+
+from . import logic
+
+FOLDER = "arbscale"
+BUNDLED_PREFIX = "bundled/"
+if FOLDER not in folder_paths.folder_names_and_paths:
+    folder_paths.folder_names_and_paths[FOLDER] = ([os.path.join(folder_paths.models_dir, FOLDER)], {".safetensors"})
+
+ArbModel = io.Custom("ARBSCALE_MODEL")
+ArbLatent = io.Custom("ARBSCALE_LATENT")
+CATEGORY = "ArbScale"
+
+
+def model_choices() -> list[str]:
+    bundled = [BUNDLED_PREFIX + p.name for p in DEFAULT_MODELS.values() if p.is_file()]
+    return bundled + folder_paths.get_filename_list(FOLDER)
+
+
+def resolve_model_path(name: str) -> str:
+    if name.startswith(BUNDLED_PREFIX):
+        for path in DEFAULT_MODELS.values():
+            if path.name == name[len(BUNDLED_PREFIX):] and path.is_file():
+                return str(path)
+        raise ValueError(f"ArbScale: bundled model {name!r} is not installed")
+    path = folder_paths.get_full_path(FOLDER, name)
+    if path is None:
+        raise ValueError(f"ArbScale: model {name!r} not found in models/{FOLDER}")
+    return path
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    if mm.should_use_bf16(device):
+        return torch.bfloat16
+    if mm.should_use_fp16(device):
+        return torch.float16
+    return None
+
+
+class _Progress:
+    """ComfyUI progress bar + interrupt check as logic.Hooks."""
+
+    def __init__(self, total: int):
+        self.bar = comfy.utils.ProgressBar(total)
+
+    def hooks(self) -> logic.Hooks:
+        return logic.Hooks(progress=lambda done, total: self.bar.update_absolute(done, total),
+                           check_interrupt=mm.throw_exception_if_processing_interrupted)
+
+
+def _on_device(model):
+    device = mm.get_torch_device()
+    return model.to(device), device
+
+
+def _offload(model) -> None:
+    model.to(mm.unet_offload_device())
+    mm.soft_empty_cache()
+
+
+SCALE = dict(default=4.0, min=0.01, max=1000.0, step=0.01,
+             tooltip="output = input x scale (ignored when width or height is set)")
+WIDTH = dict(default=0, min=0, max=logic.MAX_SIDE, step=1, tooltip="0 = from scale (or from height, keeping aspect)")
+HEIGHT = dict(default=0, min=0, max=logic.MAX_SIDE, step=1, tooltip="0 = from scale (or from width, keeping aspect)")
+CHUNK = dict(default=65536, min=1024, max=16777216, step=1024, tooltip="pixels decoded at a time (memory)",
+             advanced=True)
+
+
+class ArbScaleLoadModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="ArbScaleLoadModel", display_name="ArbScale Load Model", category=CATEGORY,
+                         description="Load an ArbScale model (models/arbscale or the bundled weights).",
+                         inputs=[io.Combo.Input("model_name", options=model_choices())],
+                         outputs=[ArbModel.Output(display_name="model")])
+
+    @classmethod
+    def execute(cls, model_name) -> io.NodeOutput:
+        return io.NodeOutput(logic.load(resolve_model_path(model_name), torch.device("cpu")))
+
+
+class ArbScaleEncodeLR(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="ArbScaleEncodeLR", display_name="ArbScale Encode LR", category=CATEGORY,
+                         description="Resize the low-resolution image to the condition size and encode it.",
+                         inputs=[ArbModel.Input("model"), io.Image.Input("image")],
+                         outputs=[ArbLatent.Output(display_name="latent")])
+
+    @classmethod
+    def execute(cls, model, image) -> io.NodeOutput:
+        model, _ = _on_device(model)
+        try:
+            return io.NodeOutput(logic.encode_lr(model, image))
+        finally:
+            _offload(model)
+
+
+class ArbScaleEmptyLatent(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="ArbScaleEmptyLatent", display_name="ArbScale Empty Latent", category=CATEGORY,
+                         description="Start a generation at a given output size (a generation model).",
+                         inputs=[ArbModel.Input("model"),
+                                 io.Int.Input("width", default=512, min=1, max=logic.MAX_SIDE),
+                                 io.Int.Input("height", default=512, min=1, max=logic.MAX_SIDE),
+                                 io.Int.Input("batch_size", default=1, min=1, max=64)],
+                         outputs=[ArbLatent.Output(display_name="latent")])
+
+    @classmethod
+    def execute(cls, model, width, height, batch_size) -> io.NodeOutput:
+        return io.NodeOutput(logic.empty_latent(model, width, height, batch_size))
+
+
+class ArbScaleLatentDenoise(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="ArbScaleLatentDenoise", display_name="ArbScale Latent Denoise", category=CATEGORY,
+                         description="DDIM in latent space (its cost does not depend on the output size).",
+                         inputs=[ArbLatent.Input("latent"),
+                                 io.Int.Input("steps", default=20, min=1, max=1000),
+                                 io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.01),
+                                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                                              control_after_generate=True)],
+                         outputs=[ArbLatent.Output(display_name="latent")])
+
+    @classmethod
+    def execute(cls, latent, steps, eta, seed) -> io.NodeOutput:
+        model, device = _on_device(latent.model)
+        try:
+            out = logic.run_denoise(latent, steps, eta, seed, _Progress(steps).hooks(), autocast_dtype(device))
+        finally:
+            _offload(model)
+        out.latent = out.latent.cpu()
+        return io.NodeOutput(out)
+
+
+class ArbScaleImplicitDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="ArbScaleImplicitDecode", display_name="ArbScale Implicit Decode", category=CATEGORY,
+                         description="Decode a denoised latent at any scale or size (one latent, many sizes).",
+                         inputs=[ArbLatent.Input("latent"), io.Float.Input("scale", **SCALE),
+                                 io.Int.Input("width", **WIDTH), io.Int.Input("height", **HEIGHT),
+                                 io.Int.Input("chunk", **CHUNK)],
+                         outputs=[io.Image.Output(display_name="image")])
+
+    @classmethod
+    def execute(cls, latent, scale, width, height, chunk) -> io.NodeOutput:
+        h, w = logic.target_size(latent.source_hw, scale, width, height)
+        model, device = _on_device(latent.model)
+        try:
+            image = logic.run_decode(latent, h, w, chunk, _Progress(h).hooks(), autocast_dtype(device))
+        finally:
+            _offload(model)
+        return io.NodeOutput(image, ui={"arbscale_size": [f"{w}x{h}"]})
+
+
+class ArbScaleUpscale(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="ArbScaleUpscale", display_name="ArbScale Upscale", category=CATEGORY,
+                         description="All in one: encode, denoise and decode at any scale or size.",
+                         inputs=[ArbModel.Input("model"), io.Image.Input("image"), io.Float.Input("scale", **SCALE),
+                                 io.Int.Input("width", **WIDTH), io.Int.Input("height", **HEIGHT),
+                                 io.Int.Input("steps", default=20, min=1, max=1000),
+                                 io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.01),
+                                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                                              control_after_generate=True),
+                                 io.Int.Input("chunk", **CHUNK)],
+                         outputs=[io.Image.Output(display_name="image")])
+
+    @classmethod
+    def execute(cls, model, image, scale, width, height, steps, eta, seed, chunk) -> io.NodeOutput:
+        source_hw = (image.shape[1], image.shape[2])
+        h, w = logic.target_size(source_hw, scale, width, height)
+        model, device = _on_device(model)
+        dtype = autocast_dtype(device)
+        progress = _Progress(steps + h)
+        try:
+            encoded = logic.encode_lr(model, image)
+            hooks = progress.hooks()
+            denoised = logic.run_denoise(encoded, steps, eta, seed, logic.Hooks(
+                progress=lambda i, n: progress.bar.update_absolute(i, steps + h),
+                check_interrupt=hooks.check_interrupt), dtype)
+            image_out = logic.run_decode(denoised, h, w, chunk, logic.Hooks(
+                progress=lambda done, total: progress.bar.update_absolute(steps + done, steps + h),
+                check_interrupt=hooks.check_interrupt), dtype)
+        finally:
+            _offload(model)
+        return io.NodeOutput(image_out, ui={"arbscale_size": [f"{w}x{h}"]})
+
+
+NODES = [ArbScaleLoadModel, ArbScaleEncodeLR, ArbScaleEmptyLatent, ArbScaleLatentDenoise, ArbScaleImplicitDecode,
+         ArbScaleUpscale]
+
+
+class ArbScaleExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES

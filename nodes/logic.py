@@ -1,0 +1,155 @@
+"""Node logic with no ComfyUI import, so the default test suite covers it.
+
+ComfyUI's IMAGE is [B,H,W,C] float 0..1; arbscale_core works on [B,C,H,W]. ``Hooks`` carries what
+ComfyUI provides (progress bar, interrupt check) so the same code runs with or without it.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from arbscale_core.checkpoint import CheckpointError, load_model
+from arbscale_core.model import ArbScaleModel
+from arbscale_core.pipeline import (MAX_OUTPUT_PIXELS, decode_bands, denoise, encode_condition,
+                                    generation_latent_size, scaled_side)
+
+log = logging.getLogger("arbscale")
+MAX_SIDE = 65536  # widgets allow at most this; larger is surely a mistake
+
+
+@dataclass
+class Hooks:
+    """progress(done, total) and check_interrupt() (raises to stop); both optional."""
+    progress: Callable[[int, int], None] = lambda done, total: None
+    check_interrupt: Callable[[], None] = lambda: None
+
+
+@dataclass
+class ArbLatent:
+    """What travels on an ARBSCALE_LATENT socket.
+
+    latent: [B,C,h,w] (scaled) once denoised, else None; cond: the SR condition latent or None;
+    source_hw: the LR image's (H, W) for SR, or the requested output (H, W) for generation, so a
+    scale has something to multiply.
+    """
+    model: ArbScaleModel
+    source_hw: tuple[int, int]
+    cond: torch.Tensor | None = None
+    latent: torch.Tensor | None = None
+    latent_shape: tuple[int, ...] | None = None
+    info: dict = field(default_factory=dict)
+
+
+def load(path: str | Path, device: torch.device) -> ArbScaleModel:
+    try:
+        return load_model(path, device)
+    except CheckpointError as exc:
+        raise ValueError(f"ArbScale: {exc}") from None
+
+
+def image_to_bchw(image: torch.Tensor) -> torch.Tensor:
+    if image.ndim != 4 or image.shape[-1] not in (3, 4):
+        raise ValueError(f"ArbScale: expected an IMAGE [B,H,W,C], got shape {tuple(image.shape)}")
+    return image[..., :3].permute(0, 3, 1, 2).float()
+
+
+def bchw_to_image(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
+def encode_lr(model: ArbScaleModel, image: torch.Tensor) -> ArbLatent:
+    if model.config.task != "sr":
+        raise ValueError("ArbScale: Encode LR needs an SR model; this one is a generation model")
+    x = image_to_bchw(image)
+    with torch.no_grad():
+        cond = encode_condition(model, x)
+    return ArbLatent(model=model, source_hw=tuple(x.shape[-2:]), cond=cond)
+
+
+def empty_latent(model: ArbScaleModel, width: int, height: int, batch: int) -> ArbLatent:
+    if model.config.task != "gen":
+        raise ValueError("ArbScale: Empty Latent is for generation models; this one is an SR model")
+    check_size(width, height)
+    if batch < 1:
+        raise ValueError(f"ArbScale: batch must be at least 1, got {batch}")
+    lh, lw = generation_latent_size(model, height, width)
+    return ArbLatent(model=model, source_hw=(height, width),
+                     latent_shape=(batch, model.config.latent_channels, lh, lw))
+
+
+def run_denoise(src: ArbLatent, steps: int, eta: float, seed: int, hooks: Hooks | None = None,
+                dtype: torch.dtype | None = None) -> ArbLatent:
+    hooks = hooks or Hooks()
+    if steps < 1:
+        raise ValueError(f"ArbScale: steps must be at least 1, got {steps}")
+    if not math.isfinite(eta) or eta < 0:
+        raise ValueError(f"ArbScale: eta must be a finite number >= 0, got {eta}")
+
+    def callback(i: int, n: int, x0: torch.Tensor) -> None:
+        hooks.progress(i, n)
+        hooks.check_interrupt()
+
+    hooks.check_interrupt()
+    latent = denoise(src.model, src.cond, src.latent_shape, steps=steps, eta=eta, seed=seed, dtype=dtype,
+                     callback=callback)
+    return ArbLatent(model=src.model, source_hw=src.source_hw, cond=src.cond, latent=latent,
+                     latent_shape=tuple(latent.shape), info={"steps": steps, "eta": eta, "seed": seed})
+
+
+def check_size(width: int, height: int) -> None:
+    if width < 1 or height < 1:
+        raise ValueError(f"ArbScale: output size must be positive, got {width}x{height}")
+    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_OUTPUT_PIXELS:
+        raise ValueError(f"ArbScale: output size {width}x{height} is too large (at most {MAX_SIDE} per side)")
+
+
+def target_size(source_hw: tuple[int, int], scale: float, width: int = 0, height: int = 0) -> tuple[int, int]:
+    """(height, width): width and height when both > 0; one of them keeps the source's aspect;
+    neither: source x scale."""
+    sh, sw = source_hw
+    if width > 0 and height > 0:
+        h, w = height, width
+    elif width > 0:
+        h, w = max(1, round(width * sh / sw)), width
+    elif height > 0:
+        h, w = height, max(1, round(height * sw / sh))
+    else:
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"ArbScale: scale must be a finite number > 0, got {scale}")
+        h, w = scaled_side(sh, scale), scaled_side(sw, scale)
+    check_size(w, h)
+    return h, w
+
+
+def run_decode(src: ArbLatent, height: int, width: int, chunk: int, hooks: Hooks | None = None,
+               dtype: torch.dtype | None = None, min_chunk: int = 1024) -> torch.Tensor:
+    """Decode into an IMAGE [B,height,width,3] float 0..1, band by band, checking for interrupts
+    between bands; on out-of-memory the chunk halves (with a warning) down to ``min_chunk``."""
+    hooks = hooks or Hooks()
+    if src.latent is None:
+        raise ValueError("ArbScale: this latent is not denoised yet; connect it through Latent Denoise first")
+    check_size(width, height)
+    if chunk < 1:
+        raise ValueError(f"ArbScale: chunk must be positive, got {chunk}")
+    out = torch.empty((src.latent.shape[0], height, width, 3), dtype=torch.float32)
+    done = 0
+    while True:
+        try:
+            for y0, y1, band in decode_bands(src.model, src.latent, height, width, chunk, dtype, start_row=done):
+                out[:, y0:y1] = bchw_to_image(band.float()).cpu()
+                done = y1
+                hooks.progress(done, height)
+                hooks.check_interrupt()
+            return out
+        except torch.cuda.OutOfMemoryError:
+            if chunk // 2 < min_chunk:
+                raise
+            chunk //= 2
+            log.warning("ArbScale: out of memory while decoding; retrying with chunk %d", chunk)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()

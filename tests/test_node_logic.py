@@ -1,0 +1,147 @@
+"""The ComfyUI nodes' logic, without ComfyUI (nodes/logic.py imports only arbscale_core)."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from arbscale_core.pipeline import decode, denoise, encode_condition
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("arbscale_node_logic", ROOT / "nodes" / "logic.py")
+logic = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = logic  # dataclasses look their module up there
+_spec.loader.exec_module(logic)
+
+
+class Stop(Exception):
+    pass
+
+
+def test_no_comfy_import_outside_nodes_package():
+    for path in (ROOT / "arbscale_core").rglob("*.py"):
+        text = path.read_text()
+        assert "import comfy" not in text and "from comfy" not in text, path
+    assert "comfy" not in (ROOT / "nodes" / "logic.py").read_text().replace("ComfyUI", "")
+
+
+def test_upscale_chain_matches_core_pipeline(sr_model):
+    image = torch.rand(2, 9, 13, 3)  # IMAGE batch of 2, [B,H,W,C]
+    enc = logic.encode_lr(sr_model, image)
+    assert enc.source_hw == (9, 13) and enc.latent is None
+    progress = []
+    den = logic.run_denoise(enc, steps=3, eta=0.0, seed=4, hooks=logic.Hooks(progress=lambda d, t: progress.append((d, t))))
+    assert progress == [(1, 3), (2, 3), (3, 3)]
+    h, w = logic.target_size(enc.source_hw, 2.5)
+    out = logic.run_decode(den, h, w, chunk=50)
+    assert out.shape == (2, 23, 33, 3) and out.min() >= 0 and out.max() <= 1
+    ref_latent = denoise(sr_model, encode_condition(sr_model, image.permute(0, 3, 1, 2)), steps=3, seed=4)
+    ref = decode(sr_model, ref_latent, 23, 33).permute(0, 2, 3, 1)
+    torch.testing.assert_close(out, ref)
+
+
+def test_one_latent_three_sizes(sr_model):
+    den = logic.run_denoise(logic.encode_lr(sr_model, torch.rand(1, 8, 8, 3)), 2, 0.0, 0)
+    for scale, width, height, expected in [(2.0, 0, 0, (16, 16)), (3.3, 0, 0, (26, 26)), (1.0, 40, 30, (30, 40))]:
+        h, w = logic.target_size(den.source_hw, scale, width, height)
+        assert logic.run_decode(den, h, w, 4096).shape[1:3] == expected
+
+
+@pytest.mark.parametrize("source,scale,width,height,expected", [
+    ((10, 20), 1.5, 0, 0, (15, 30)),
+    ((10, 20), 9.0, 100, 0, (50, 100)),   # width only keeps the aspect
+    ((10, 20), 9.0, 0, 30, (30, 60)),
+    ((10, 20), 9.0, 7, 3, (3, 7)),
+])
+def test_target_size(source, scale, width, height, expected):
+    assert logic.target_size(source, scale, width, height) == expected
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, float("nan"), float("inf")])
+def test_bad_scale_is_readable_error(scale):
+    with pytest.raises(ValueError, match="ArbScale: scale must be"):
+        logic.target_size((10, 10), scale)
+
+
+def test_absurd_size_rejected():
+    with pytest.raises(ValueError, match="too large"):
+        logic.target_size((10, 10), 100000.0)
+    with pytest.raises(ValueError, match="too large"):
+        logic.target_size((10, 10), 1.0, 70000, 10)
+
+
+def test_interrupt_stops_denoise_within_two_steps(sr_model):
+    enc = logic.encode_lr(sr_model, torch.rand(1, 8, 8, 3))
+    calls = []
+
+    def check():
+        calls.append(1)
+        if len(calls) > 2:  # "interrupt" after the first step
+            raise Stop
+
+    with pytest.raises(Stop):
+        logic.run_denoise(enc, 50, 0.0, 0, logic.Hooks(check_interrupt=check))
+    assert len(calls) <= 3
+
+
+def test_interrupt_between_decode_bands(sr_model):
+    den = logic.run_denoise(logic.encode_lr(sr_model, torch.rand(1, 8, 8, 3)), 1, 0.0, 0)
+    rows = []
+
+    def progress(done, total):
+        rows.append(done)
+
+    def check():
+        if rows and rows[-1] >= 10:
+            raise Stop
+
+    with pytest.raises(Stop):
+        logic.run_decode(den, 100, 100, chunk=500, hooks=logic.Hooks(progress=progress, check_interrupt=check))
+    assert rows == [5, 10]
+
+
+def test_decode_halves_chunk_on_oom(sr_model, monkeypatch, caplog):
+    den = logic.run_denoise(logic.encode_lr(sr_model, torch.rand(1, 8, 8, 3)), 1, 0.0, 0)
+    reference = logic.run_decode(den, 80, 80, chunk=1600)
+    real = logic.decode_bands
+    chunks = []
+
+    def flaky(model, latent, h, w, chunk, dtype, start_row=0):
+        chunks.append((chunk, start_row))
+        for i, band in enumerate(real(model, latent, h, w, chunk, dtype, start_row)):
+            if chunk > 400 and i == 1:
+                raise torch.cuda.OutOfMemoryError("simulated")
+            yield band
+
+    monkeypatch.setattr(logic, "decode_bands", flaky)
+    out = logic.run_decode(den, 80, 80, chunk=1600, min_chunk=100)
+    assert [c for c, _ in chunks] == [1600, 800, 400]
+    assert chunks[1][1] > 0  # resumed after the rows already written
+    torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
+    assert "retrying with chunk 800" in caplog.text
+
+
+def test_generation_nodes(gen_model, sr_model):
+    empty = logic.empty_latent(gen_model, 48, 20, 2)
+    den = logic.run_denoise(empty, 2, 0.5, 1)
+    h, w = logic.target_size(den.source_hw, 1.0)
+    assert logic.run_decode(den, h, w, 4096).shape == (2, 20, 48, 3)
+    with pytest.raises(ValueError, match="generation models"):
+        logic.empty_latent(sr_model, 8, 8, 1)
+    with pytest.raises(ValueError, match="SR model"):
+        logic.encode_lr(gen_model, torch.rand(1, 8, 8, 3))
+
+
+def test_readable_errors(sr_model, tmp_path):
+    enc = logic.encode_lr(sr_model, torch.rand(1, 8, 8, 3))
+    with pytest.raises(ValueError, match="not denoised yet"):
+        logic.run_decode(enc, 10, 10, 100)
+    with pytest.raises(ValueError, match="steps"):
+        logic.run_denoise(enc, 0, 0.0, 0)
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"\x00" * 20)
+    with pytest.raises(ValueError, match="ArbScale: .*not a valid safetensors"):
+        logic.load(bad, torch.device("cpu"))
+    with pytest.raises(ValueError, match="IMAGE"):
+        logic.encode_lr(sr_model, torch.rand(8, 8, 3))
