@@ -8,7 +8,7 @@ from arbscale_core.pipeline import (decode, decode_uint8, denoise, encode_condit
                                     output_size, upscale)
 
 
-@pytest.mark.parametrize("scale,expected", [(3.7, (37, 48)), (2, (20, 26)), (0.5, (5, 6)), (200, (2000, 2600))])
+@pytest.mark.parametrize("scale,expected", [(3.7, (37, 48)), (2, (20, 26)), (0.5, (5, 7)), (200, (2000, 2600))])
 def test_output_size_from_scale(scale, expected):
     assert output_size(10, 13, scale=scale) == expected
 
@@ -33,7 +33,7 @@ def test_output_size_rejects_bad_size():
 def test_upscale_non_square_non_integer(sr_model, scale):
     img = torch.rand(2, 3, 11, 17)
     out = upscale(sr_model, img, scale=scale, steps=2)
-    assert out.shape == (2, 3, round(11 * scale), round(17 * scale))
+    assert out.shape == (2, 3, math.floor(11 * scale + 0.5), math.floor(17 * scale + 0.5))
     assert out.min() >= 0 and out.max() <= 1
 
 
