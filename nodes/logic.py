@@ -115,9 +115,9 @@ def target_size(source_hw: tuple[int, int], scale: float, width: int = 0, height
     if width > 0 and height > 0:
         h, w = height, width
     elif width > 0:
-        h, w = max(1, round(width * sh / sw)), width
+        h, w = max(1, math.floor(width * sh / sw + 0.5)), width
     elif height > 0:
-        h, w = height, max(1, round(height * sw / sh))
+        h, w = height, max(1, math.floor(height * sw / sh + 0.5))
     else:
         if not math.isfinite(scale) or scale <= 0:
             raise ValueError(f"ArbScale: scale must be a finite number > 0, got {scale}")

@@ -1,0 +1,27 @@
+"""The frontend's size display agrees with the nodes' size logic (runs web/size.js in Node.js)."""
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from test_node_logic import logic
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = [((10, 20), 1.5, 0, 0), ((10, 20), 9.0, 100, 0), ((10, 20), 9.0, 0, 30), ((10, 20), 9.0, 7, 3),
+         ((9, 13), 2.5, 0, 0), ((217, 150), 3.7, 0, 0), ((1, 1), 0.3, 0, 0), ((64, 48), 200.0, 0, 0),
+         ((33, 17), 0.5, 0, 0), ((5, 7), 1.0, 0, 11), ((10, 20), 1.0, 25, 0), ((20, 10), 1.0, 0, 25)]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js not installed")
+def test_js_output_size_matches_python(tmp_path):
+    script = tmp_path / "run.mjs"
+    script.write_text(
+        f"import {{ outputSize }} from {json.dumps((ROOT / 'web' / 'size.js').as_uri())};\n"
+        f"const cases = {json.dumps(CASES)};\n"
+        "console.log(JSON.stringify(cases.map(([[h, w], s, W, H]) => outputSize([w, h], s, W, H))));\n")
+    out = json.loads(subprocess.run(["node", str(script)], capture_output=True, text=True, check=True).stdout)
+    for (source, scale, width, height), js in zip(CASES, out):
+        h, w = logic.target_size(source, scale, width, height)
+        assert js == [w, h], (source, scale, width, height)
