@@ -1,0 +1,113 @@
+"""Runs inside a real ComfyUI (in-process executor) and prints one JSON line of results.
+
+    python tests/comfyui/harness.py COMFYUI_DIR PACK_DIR WORK_DIR SR_MODEL GEN_MODEL
+
+Used by tests/test_comfyui.py (one process per run: ComfyUI's registries are global).
+"""
+import asyncio
+import json
+import shutil
+import sys
+from pathlib import Path
+
+comfy_dir, pack_dir, work, sr_model, gen_model = sys.argv[1:6]
+sys.path.insert(0, comfy_dir)
+import utils.extra_config  # noqa: E402,F401  (first: see ComfyUI's own main.py)
+import comfy.cli_args  # noqa: E402
+
+vars(comfy.cli_args.args).update(vars(comfy.cli_args.parser.parse_args(["--cpu"])))
+import comfy.model_management  # noqa: E402
+import comfy.utils  # noqa: E402
+import execution  # noqa: E402
+import folder_paths  # noqa: E402
+import nodes  # noqa: E402
+from PIL import Image  # noqa: E402
+
+work = Path(work)
+(work / "input").mkdir(parents=True, exist_ok=True)
+(work / "output").mkdir(exist_ok=True)
+(work / "models").mkdir(exist_ok=True)
+folder_paths.set_input_directory(str(work / "input"))
+folder_paths.set_output_directory(str(work / "output"))
+shutil.copy(Path(pack_dir) / "examples" / "building_lr.png", work / "input" / "building_lr.png")
+shutil.copy(sr_model, work / "models" / "test_sr.safetensors")
+shutil.copy(gen_model, work / "models" / "test_gen.safetensors")
+
+
+class Server:
+    client_id = "t"
+    last_node_id = None
+    last_prompt_id = None
+    sockets_metadata = {}
+
+    def __init__(self):
+        self.events = []
+
+    def send_sync(self, event, data, sid=None):
+        self.events.append((event, {k: v for k, v in data.items() if isinstance(v, (str, int, float, type(None)))}))
+
+
+def with_models(graph):
+    for node in graph.values():
+        if node["class_type"] == "ArbScaleLoadModel":
+            gen = "gen" in node["inputs"]["model_name"]
+            node["inputs"]["model_name"] = "test_gen.safetensors" if gen else "test_sr.safetensors"
+        for key in ("steps",):
+            if key in node["inputs"]:
+                node["inputs"][key] = 3
+    return graph
+
+
+async def run_prompt(graph, prompt_id):
+    server = Server()
+    ok, err, outs, node_errors = await execution.validate_prompt(prompt_id, graph, None)
+    if not ok:
+        return {"valid": False, "error": err, "node_errors": str(node_errors)[:2000]}
+    ex = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC)
+    await ex.execute_async(graph, prompt_id, {"client_id": "t"}, outs)
+    saved = []
+    for node_out in ex.history_result.get("outputs", {}).values():
+        for img in node_out.get("images", []):
+            path = work / "output" / img["subfolder"] / img["filename"]
+            saved.append([img["filename"], list(Image.open(path).size)])
+    return {"valid": True, "success": ex.success, "saved": sorted(saved),
+            "events": [e for e, _ in server.events],
+            "errors": [d for e, d in server.events if e == "execution_error"]}
+
+
+async def main():
+    result = {}
+    await nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False)
+    result["loaded"] = await nodes.load_custom_node(pack_dir, module_parent="custom_nodes")
+    folder_paths.add_model_folder_path("arbscale", str(work / "models"))
+    result["node_ids"] = sorted(k for k in nodes.NODE_CLASS_MAPPINGS if k.startswith("ArbScale"))
+    result["web_dir"] = nodes.EXTENSION_WEB_DIRS.get(Path(pack_dir).name)
+    api = Path(pack_dir) / "workflows" / "api"
+    for i, name in enumerate(["arbscale_upscale", "arbscale_one_latent_many_scales", "arbscale_generate_texture"]):
+        graph = with_models(json.loads((api / f"{name}.json").read_text()))
+        result[name] = await run_prompt(graph, f"p{i}")
+
+    # Bad input: a scale of 0 reaches the node through the API (the UI's min would stop it).
+    graph = with_models(json.loads((api / "arbscale_upscale.json").read_text()))
+    graph["3"]["inputs"]["scale"] = 0.0
+    result["bad_scale"] = await run_prompt(graph, "bad")
+
+    # Interrupt: the progress hook asks for an interrupt at the first denoise step.
+    progress = []
+
+    def hook(value, total, preview, prompt_id=None, node_id=None):
+        progress.append([value, total, node_id])
+        if total == 50 and value >= 1:
+            comfy.model_management.interrupt_current_processing(True)
+
+    comfy.utils.set_progress_bar_global_hook(hook)
+    graph = with_models(json.loads((api / "arbscale_one_latent_many_scales.json").read_text()))
+    graph["4"]["inputs"]["steps"] = 50
+    run = await run_prompt(graph, "interrupt")
+    comfy.model_management.interrupt_current_processing(False)
+    run["denoise_progress"] = [v for v, t, n in progress if t == 50]
+    result["interrupt"] = run
+    print("RESULT " + json.dumps(result))
+
+
+asyncio.run(main())

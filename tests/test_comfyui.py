@@ -1,0 +1,76 @@
+"""Integration with a real ComfyUI: needs COMFYUI_DIR (a ComfyUI checkout); skipped without it.
+
+The harness runs in ComfyUI's own Python (COMFYUI_PYTHON, default COMFYUI_DIR/../venv/bin/python).
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from arbscale_core.checkpoint import save_model
+
+from conftest import micro_model
+
+ROOT = Path(__file__).resolve().parents[1]
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run")
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("comfy")
+    sr, gen = tmp / "sr.safetensors", tmp / "gen.safetensors"
+    save_model(micro_model("sr"), sr)
+    save_model(micro_model("gen"), gen)
+    python = os.environ.get("COMFYUI_PYTHON") or str(Path(COMFYUI_DIR).parent / "venv" / "bin" / "python")
+    if not Path(python).exists():
+        python = sys.executable
+    proc = subprocess.run([python, str(ROOT / "tests" / "comfyui" / "harness.py"), COMFYUI_DIR, str(ROOT),
+                           str(tmp / "work"), str(sr), str(gen)], capture_output=True, text=True, timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, f"harness failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def test_pack_loads_and_registers_nodes(result):
+    assert result["loaded"]
+    assert result["node_ids"] == sorted(["ArbScaleLoadModel", "ArbScaleEncodeLR", "ArbScaleEmptyLatent",
+                                         "ArbScaleLatentDenoise", "ArbScaleImplicitDecode", "ArbScaleUpscale"])
+    assert result["web_dir"] and result["web_dir"].endswith("web")
+
+
+def test_upscale_workflow(result):
+    run = result["arbscale_upscale"]
+    assert run["valid"] and run["success"], run
+    assert [size for _, size in run["saved"]] == [[803, 555]]  # 217x150 x 3.7
+
+
+def test_one_latent_many_scales_workflow(result):
+    run = result["arbscale_one_latent_many_scales"]
+    assert run["valid"] and run["success"], run
+    assert sorted(size for _, size in run["saved"]) == sorted([[434, 300], [977, 675], [1000, 400]])
+
+
+def test_generate_texture_workflow(result):
+    run = result["arbscale_generate_texture"]
+    assert run["valid"] and run["success"], run
+    assert [size for _, size in run["saved"]] == [[640, 360]]
+
+
+def test_bad_scale_is_a_readable_error(result):
+    run = result["bad_scale"]
+    if not run["valid"]:  # ComfyUI's own min check caught it: also a readable error
+        assert "scale" in run["node_errors"]
+        return
+    assert not run["success"]
+    assert "scale must be" in run["errors"][0]["exception_message"]
+
+
+def test_interrupt_stops_within_two_steps(result):
+    run = result["interrupt"]
+    assert "execution_interrupted" in run["events"]
+    assert not run["saved"]
+    assert max(run["denoise_progress"]) <= 3, run["denoise_progress"]
