@@ -32,6 +32,8 @@ class Encoder(nn.Module):
         self.norm_out = group_norm(prev)
         self.conv_out = nn.Conv2d(prev, cfg.latent_channels, 3, padding=1)
         self.downsample = cfg.downsample
+        f = cfg.downsample
+        self.shortcut = nn.Conv2d(cfg.image_channels * f * f, cfg.latent_channels, 1) if cfg.ae_shortcut else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B,3,H,W] in -1..1 with H, W multiples of f -> latent [B,C,H/f,W/f] (unscaled)."""
@@ -41,7 +43,10 @@ class Encoder(nn.Module):
                 h = block(F.pad(h, (0, 1, 0, 1)))
             else:
                 h = block(h)
-        return self.conv_out(F.silu(self.norm_out(self.mid(h))))
+        z = self.conv_out(F.silu(self.norm_out(self.mid(h))))
+        if self.shortcut is not None:
+            z = z + self.shortcut(F.pixel_unshuffle(x, self.downsample))
+        return z
 
 
 class FeatureDecoder(nn.Module):
@@ -54,10 +59,14 @@ class FeatureDecoder(nn.Module):
                                     for _ in range(cfg.dec_res_blocks))
         self.norm_out = group_norm(cfg.dec_channels)
         self.conv_out = nn.Conv2d(cfg.dec_channels, cfg.feature_channels, 3, padding=1)
+        self.shortcut = nn.Conv2d(cfg.latent_channels, cfg.feature_channels, 1) if cfg.ae_shortcut else None
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """z: latent [B,C,h,w] (unscaled) -> features [B,F,h,w]."""
         h = self.conv_in(z)
         for block in self.blocks:
             h = block(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        features = self.conv_out(F.silu(self.norm_out(h)))
+        if self.shortcut is not None:
+            features = features + self.shortcut(z)
+        return features

@@ -32,6 +32,9 @@ class ModelConfig:
     ae_channels: int = 32
     ae_channel_mult: tuple[int, ...] = (1, 2, 2)
     ae_res_blocks: int = 1
+    # Space-to-channel shortcuts (as in DC-AE): a linear path from the pixel-unshuffled image to the
+    # latent, and from the latent to the decoder features, so the nonlinear layers learn a residual.
+    ae_shortcut: bool = False
     # Decoder without upsampling: ResBlocks at latent resolution, then a feature map for the MLP.
     dec_channels: int = 128
     dec_res_blocks: int = 2
@@ -109,7 +112,7 @@ class ModelConfig:
 def preset(name: str, task: str = "sr") -> ModelConfig:
     """``tiny``: trains on a 2-core CPU in hours. ``paper``: the paper's sizes, for GPUs."""
     if name == "tiny":
-        return ModelConfig(task=task, latent_channels=16, residual=task == "sr")
+        return ModelConfig(task=task, latent_channels=16, ae_shortcut=True, residual=task == "sr")
     if name == "paper":
         return ModelConfig(
             task=task, latent_channels=4, ae_channels=128, ae_channel_mult=(1, 2, 4),
