@@ -79,3 +79,13 @@ def ssim(a: np.ndarray, b: np.ndarray, shave: int = 0) -> float:
         ya, yb = ya[shave:-shave, shave:-shave], yb[shave:-shave, shave:-shave]
     return float(structural_similarity(ya, yb, data_range=255.0, gaussian_weights=True, sigma=1.5,
                                        use_sample_covariance=False))
+
+
+def high_frequency_ratio(out: np.ndarray, reference: np.ndarray) -> float:
+    """Energy of the Laplacian of ``out`` over that of ``reference`` (Y channel): about 1 when the
+    output is as detailed as the ground truth, well below 1 when it is over-smoothed."""
+    def lap_energy(img: np.ndarray) -> float:
+        y = rgb_to_y(img)
+        lap = 4 * y[1:-1, 1:-1] - y[:-2, 1:-1] - y[2:, 1:-1] - y[1:-1, :-2] - y[1:-1, 2:]
+        return float(np.mean(lap ** 2))
+    return lap_energy(out) / max(lap_energy(reference), 1e-12)

@@ -23,7 +23,8 @@ import torch
 from PIL import Image
 
 from arbscale_core.checkpoint import load_model
-from arbscale_core.evaluate import BASELINES, baseline, hr_crop_for_scale, make_lr, psnr, psnr_y, ssim
+from arbscale_core.evaluate import (BASELINES, baseline, high_frequency_ratio, hr_crop_for_scale, make_lr, psnr,
+                                   psnr_y, ssim)
 from arbscale_core.pipeline import decode_uint8, denoise, encode_condition
 from arbscale_core.train.data import list_images
 
@@ -42,6 +43,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-side", type=int, default=384)
     p.add_argument("--steps", type=int, nargs="+", default=[20])
     p.add_argument("--eta", type=float, default=0.0)
+    p.add_argument("--extra-model", action="append", default=[], metavar="NAME=PATH",
+                   help="another model to compare (e.g. before alignment), 20 steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int)
     p.add_argument("--quick", action="store_true", help="3 images, scales 2 and 4, max side 96")
@@ -51,8 +54,12 @@ def main(argv=None) -> int:
     if a.quick:
         scales, a.limit, a.max_side = [2.0, 4.0], 3, 96
     model = load_model(a.model)
+    extra = {}
+    for item in a.extra_model:
+        name, _, path = item.partition("=")
+        extra[f"{name} (20 steps)"] = load_model(path)
     paths = list_images(a.data)[: a.limit]
-    methods = list(BASELINES) + [f"ours ({s} steps)" for s in a.steps]
+    methods = list(BASELINES) + list(extra) + [f"ours ({s} steps)" for s in a.steps]
     rows: dict[tuple[str, float], list[tuple[float, float, float]]] = {}
     t0 = time.time()
     for path in paths:
@@ -63,19 +70,22 @@ def main(argv=None) -> int:
             h, w = hr.shape[:2]
             shave = math.ceil(s)
             outs = {m: baseline(lr, w, h, m) for m in BASELINES}
+            for label, other in extra.items():
+                outs[label] = ours(other, lr, h, w, 20, a.eta, a.seed)
             for steps in a.steps:
                 outs[f"ours ({steps} steps)"] = ours(model, lr, h, w, steps, a.eta, a.seed)
             for m, out in outs.items():
-                rows.setdefault((m, s), []).append((psnr(out, hr, shave), psnr_y(out, hr, shave), ssim(out, hr, shave)))
+                rows.setdefault((m, s), []).append((psnr(out, hr, shave), psnr_y(out, hr, shave), ssim(out, hr, shave),
+                                                    high_frequency_ratio(out, hr)))
         print(f"{path.name} done ({time.time() - t0:.0f} s)", file=sys.stderr)
-    table = {f"{m}|x{s:g}": dict(zip(("psnr_rgb", "psnr_y", "ssim_y"), np.mean(rows[(m, s)], axis=0).round(4).tolist()))
+    table = {f"{m}|x{s:g}": dict(zip(("psnr_rgb", "psnr_y", "ssim_y", "hf_ratio"), np.mean(rows[(m, s)], axis=0).round(4).tolist()))
              for m in methods for s in scales}
     print(f"\n{len(paths)} images from {a.data}, eta={a.eta}, seed={a.seed}, max side {a.max_side}\n")
-    print("| method | " + " | ".join(f"x{s:g} PSNR / Y / SSIM" for s in scales) + " |")
+    print("| method | " + " | ".join(f"x{s:g} PSNR / Y / SSIM / HF" for s in scales) + " |")
     print("|---|" + "---|" * len(scales))
     for m in methods:
         cells = [table[f"{m}|x{s:g}"] for s in scales]
-        print(f"| {m} | " + " | ".join(f"{c['psnr_rgb']:.2f} / {c['psnr_y']:.2f} / {c['ssim_y']:.4f}" for c in cells) + " |")
+        print(f"| {m} | " + " | ".join(f"{c['psnr_rgb']:.2f} / {c['psnr_y']:.2f} / {c['ssim_y']:.4f} / {c['hf_ratio']:.2f}" for c in cells) + " |")
     best = {s: table[f"bicubic|x{s:g}"]["psnr_rgb"] for s in scales}
     print("\nours - bicubic (RGB PSNR, dB): " + ", ".join(
         f"x{s:g}: {table[f'{methods[-1]}|x{s:g}']['psnr_rgb'] - best[s]:+.2f}" for s in scales))

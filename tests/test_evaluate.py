@@ -41,3 +41,15 @@ def test_baselines_shapes_and_sharpening():
     assert grad(outs["lanczos+unsharp"]) > grad(outs["lanczos"])
     with pytest.raises(ValueError):
         baseline(lr, 5, 5, "nearest-ish")
+
+
+def test_high_frequency_ratio_exposes_blur():
+    from PIL import Image, ImageFilter
+
+    from arbscale_core.evaluate import high_frequency_ratio
+
+    rng = np.random.default_rng(3)
+    sharp = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    blurred = np.asarray(Image.fromarray(sharp).filter(ImageFilter.GaussianBlur(2)))
+    assert high_frequency_ratio(sharp, sharp) == pytest.approx(1.0)
+    assert high_frequency_ratio(blurred, sharp) < 0.2
