@@ -1,0 +1,21 @@
+"""Benchmark scripts run in --quick mode for correctness (their figures are not asserted here)."""
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import write_png
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_sr_quality_quick(tmp_path, sr_ckpt):
+    data = tmp_path / "val"
+    data.mkdir()
+    for i in range(3):
+        write_png(data / f"{i}.png", 100 + 4 * i, 96, seed=i)
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sr_quality.py"), "--model", str(sr_ckpt),
+                          "--data", str(data), "--quick", "--steps", "2"], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "| ours (2 steps) |" in res.stdout and "| lanczos+unsharp |" in res.stdout
+    assert "ours - bicubic" in res.stdout
