@@ -73,8 +73,7 @@ SCALE = dict(default=4.0, min=0.01, max=1000.0, step=0.01,
              tooltip="output = input x scale (ignored when width or height is set)")
 WIDTH = dict(default=0, min=0, max=logic.MAX_SIDE, step=1, tooltip="0 = from scale (or from height, keeping aspect)")
 HEIGHT = dict(default=0, min=0, max=logic.MAX_SIDE, step=1, tooltip="0 = from scale (or from width, keeping aspect)")
-CHUNK = dict(default=65536, min=1024, max=16777216, step=1024, tooltip="pixels decoded at a time (memory)",
-             advanced=True)
+CHUNK = dict(default=65536, min=1024, max=16777216, step=1024, tooltip="pixels decoded at a time (memory)")
 
 
 class ArbScaleLoadModel(io.ComfyNode):

@@ -69,6 +69,15 @@ def test_bad_scale_is_a_readable_error(result):
     assert "scale must be" in run["errors"][0]["exception_message"]
 
 
+@pytest.mark.parametrize("case,message", [("bad_model", "not a valid safetensors file"),
+                                          ("absurd_size", "is too large")])
+def test_bad_inputs_are_readable_errors(result, case, message):
+    run = result[case]
+    assert run["valid"] and not run["success"]
+    assert message in run["errors"][0]["exception_message"]
+    assert run["errors"][0]["exception_message"].startswith("ArbScale: ")
+
+
 def test_interrupt_stops_within_two_steps(result):
     run = result["interrupt"]
     assert "execution_interrupted" in run["events"]

@@ -92,6 +92,15 @@ async def main():
     graph["3"]["inputs"]["scale"] = 0.0
     result["bad_scale"] = await run_prompt(graph, "bad")
 
+    # A file that is not a model, and an absurd size: readable execution errors, server unharmed.
+    (work / "models" / "bad.safetensors").write_bytes(b"definitely not safetensors")
+    graph = with_models(json.loads((api / "arbscale_upscale.json").read_text()))
+    graph["2"]["inputs"]["model_name"] = "bad.safetensors"
+    result["bad_model"] = await run_prompt(graph, "badmodel")
+    graph = with_models(json.loads((api / "arbscale_upscale.json").read_text()))
+    graph["3"]["inputs"].update(width=65536, height=65536)
+    result["absurd_size"] = await run_prompt(graph, "absurd")
+
     # Interrupt: the progress hook asks for an interrupt at the first denoise step.
     progress = []
 
