@@ -73,7 +73,7 @@ def graph(nodes: list[dict]) -> tuple[dict, dict]:
         inputs.update({name: [str(src), slot] for name, (src, slot) in n.get("inputs", {}).items()})
         api[str(n["id"])] = {"class_type": n["type"], "inputs": inputs, "_meta": {"title": n.get("title", n["type"])}}
     ui = {"last_node_id": max(by_id), "last_link_id": len(links), "nodes": ui_nodes, "links": links,
-          "groups": [], "config": {}, "extra": {"ds": {"scale": 1, "offset": [0, 0]}}, "version": 0.4}
+          "groups": [], "config": {}, "extra": {"ds": {"scale": 1, "offset": [60, 90]}}, "version": 0.4}
     return ui, api
 
 
