@@ -249,6 +249,122 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _report_dir(path: str) -> Path:
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"report folder {out} is a file")
+    if not out.parent.is_dir():
+        raise UserError(f"output folder does not exist: {out.parent}")
+    try:
+        out.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create report folder {out}: {exc.strerror or exc}") from None
+    check_writable([out / "metrics.csv"])
+    return out
+
+
+def _parse_scales(text: str) -> list[float]:
+    scales = [parse_scale(part) for part in text.split(",") if part.strip()]
+    if not scales:
+        raise UserError("--scales needs at least one scale, e.g. 2,3,4")
+    return scales
+
+
+def cmd_eval(args) -> int:
+    import shlex
+
+    from . import eval_report, eval_sr
+    from .train.data import list_images
+
+    scales = _parse_scales(args.scales)
+    _positive_int("--steps", args.steps)
+    _positive_int("--seeds", args.seeds)
+    _positive_int("--max-side", args.max_side)
+    hr_dir = Path(args.hr_dir)
+    if not hr_dir.is_dir():
+        raise UserError(f"HR folder not found: {hr_dir}")
+    paths = list_images(hr_dir)
+    if not paths:
+        raise UserError(f"no images in {hr_dir}")
+    out = _report_dir(args.output)
+    model, _ = load(args.model, "sr", args.device)
+    opts = eval_sr.SREvalOptions(scales=tuple(scales), steps=args.steps, eta=args.eta, seeds=args.seeds,
+                                 max_side=args.max_side, limit=args.limit)
+    from tqdm import tqdm
+
+    total = len(paths[: args.limit]) * len(scales)
+    with tqdm(total=total, desc="eval", unit="image-scale", file=sys.stderr, disable=None) as bar:
+        rows, skipped, grid = eval_sr.run(model, paths, opts, progress=lambda: bar.update(1))
+    for p, why in skipped:
+        print(f"skipped {p}: {why}", file=sys.stderr)
+    if not rows:
+        raise UserError(f"no usable images in {hr_dir} ({len(skipped)} skipped)")
+    summary = eval_sr.summarize(rows)
+    methods = ["bicubic", "lanczos", "lanczos+unsharp", "ours"]
+    model_path = resolve_model_path(args.model, "sr")
+    header = ["# ArbScale SR evaluation", "",
+              f"Command: `arbscale {' '.join(shlex.quote(a) for a in args.argv)}`",
+              f"Model: `{model_path.name}` ({model.config.task}, latent {model.config.latent_channels}ch, "
+              f"training: {json.dumps(getattr(model, 'training_info', {}), sort_keys=True)})",
+              f"Images: {len({r['image'] for r in rows})} from `{hr_dir}` (centre crops of at most "
+              f"{args.max_side}px, sides divisible by the scale); LR by antialiased bicubic (PIL).",
+              f"Ours: {args.steps} DDIM steps, eta {args.eta}, {args.seeds} seed(s).", "",
+              "![PSNR vs scale](psnr_vs_scale.png)", "", "![consistency and diversity](consistency_diversity.png)",
+              "", "![comparison](comparison_grid.png)"]
+    eval_report.write_csv(rows, out / "metrics.csv")
+    text = eval_report.sr_markdown(summary, scales, methods, header, skipped)
+    from .fileio import atomic_path
+
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(text)
+    eval_report.psnr_plot(summary, scales, methods, out / "psnr_vs_scale.png")
+    eval_report.consistency_plot(summary, scales, methods, out / "consistency_diversity.png")
+    grid_scale = 4.0 if 4.0 in scales else scales[len(scales) // 2]
+    eval_report.comparison_grid(grid, grid_scale, out / "comparison_grid.png")
+    for scale in scales:
+        ours_, bic = summary.get((scale, "ours"), {}), summary.get((scale, "bicubic"), {})
+        if "psnr_rgb" in ours_ and "psnr_rgb" in bic:
+            print(f"x{scale:g}: ours {ours_['psnr_rgb'][0]:.2f} dB, bicubic {bic['psnr_rgb'][0]:.2f} dB "
+                  f"({ours_['psnr_rgb'][0] - bic['psnr_rgb'][0]:+.2f})")
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def cmd_eval_gen(args) -> int:
+    from . import eval_gen
+    from .fileio import atomic_path
+    from .imageops import save_image
+
+    sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    if not sizes:
+        raise UserError("--sizes needs at least one WIDTHxHEIGHT")
+    _positive_int("--samples", args.samples)
+    _positive_int("--steps", args.steps)
+    out = _report_dir(args.output)
+    model, _ = load(args.model, "gen", args.device)
+    from tqdm import tqdm
+
+    with tqdm(total=args.samples, desc="eval-gen", file=sys.stderr, disable=None) as bar:
+        rows, extra = eval_gen.run(model, sizes, args.samples, args.steps, args.eta, progress=lambda: bar.update(1))
+    lines = ["# ArbScale generation evaluation", "",
+             f"Model: `{resolve_model_path(args.model, 'gen').name}`; {args.samples} samples, {args.steps} DDIM steps, "
+             f"eta {args.eta}; each decoded at " + ", ".join(f"{w}x{h}" for w, h in sizes) + ".", "",
+             "| size | self-SSIM vs smallest size (mean) |", "|---|---|"]
+    for w, h in sizes:
+        vals = [r["self_ssim"] for r in rows if (r["width"], r["height"]) == (w, h)]
+        lines.append(f"| {w}x{h} | {sum(vals) / len(vals):.4f} |")
+    lines += ["", f"Diversity (mean pairwise |a-b| at {sizes[0][0]}x{sizes[0][1]}, 0-255): {extra['diversity']:.2f}",
+              "", eval_gen.OFFLINE_NOTE, ""]
+    for seed, decoded in extra["images"].items():
+        if seed < 4:
+            for (w, h), img in decoded.items():
+                save_image(img, out / f"sample{seed}_{w}x{h}.png")
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="arbscale", description="Arbitrary-scale super-resolution and generation "
                                              "(latent diffusion + implicit neural decoder).")
@@ -278,6 +394,23 @@ def build_parser() -> argparse.ArgumentParser:
     common(gen, "gen")
     gen.set_defaults(func=cmd_generate)
 
+    ev = sub.add_parser("eval", help="SR metrics on a folder of HR images, with baselines, plots and a grid")
+    ev.add_argument("hr_dir", metavar="HR_DIR")
+    ev.add_argument("-o", "--output", required=True, metavar="REPORT_DIR")
+    ev.add_argument("--scales", default="2,3,4,6.5,8")
+    ev.add_argument("--limit", type=int, help="at most this many images")
+    ev.add_argument("--seeds", type=int, default=1, help="seeds per image (diversity needs 2+)")
+    ev.add_argument("--max-side", type=int, default=384, help="centre-crop HR images to at most this size")
+    common(ev, "sr")
+    ev.set_defaults(func=cmd_eval)
+
+    eg = sub.add_parser("eval-gen", help="self-SSIM across sizes and diversity of a generation model")
+    eg.add_argument("-o", "--output", required=True, metavar="REPORT_DIR")
+    eg.add_argument("--sizes", default="128x128,256x256,512x512")
+    eg.add_argument("--samples", type=int, default=8)
+    common(eg, "gen")
+    eg.set_defaults(func=cmd_eval_gen)
+
     info = sub.add_parser("info", help="show a model file's config, parameters and training info")
     info.add_argument("model_file", metavar="MODEL")
     info.set_defaults(func=cmd_info)
@@ -286,7 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        argv = list(sys.argv[1:] if argv is None else argv)
         args = build_parser().parse_args(argv)
+        args.argv = argv
         return args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
