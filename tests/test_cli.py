@@ -131,3 +131,12 @@ def test_missing_default_model_says_so(tmp_path, capsys, monkeypatch):
     img = write_png(tmp_path / "in.png", 8, 6)
     rc, _, err = run_cli(["upscale", img, "-o", tmp_path / "o.png", "--scale", "2"], capsys)
     assert rc == 2 and "no bundled sr weights" in err and "--model" in err
+
+
+def test_outputs_get_normal_permissions(tmp_path, sr_ckpt, capsys):
+    src = write_png(tmp_path / "in.png", 8, 6)
+    dst = tmp_path / "out.png"
+    assert run_cli(["upscale", src, "-o", dst, "--scale", "2", "--steps", "1", "--model", sr_ckpt], capsys)[0] == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert dst.stat().st_mode & 0o777 == 0o666 & ~umask
