@@ -58,12 +58,14 @@ def test_three_stages_end_to_end(tmp_path, image_dirs):
     log = (tmp_path / "ae" / "log.csv").read_text()
     assert "val_recon_psnr" in log and "l1" in log
 
-    sr = train(args_for("diffusion", tmp_path / "sr", image_dirs, init=str(ae), val=str(image_dirs / "val")))
+    sr = train(args_for("diffusion", tmp_path / "sr", image_dirs, init=str(ae), val=str(image_dirs / "val"),
+                        x0_weight=1.0))
     sr_model = load_model(sr)
     assert sr_model.config.task == "sr"
     # the autoencoder is carried over unchanged
     torch.testing.assert_close(sr_model.encoder.state_dict(), model.encoder.state_dict())
-    assert "val_sr_x4_psnr" in (tmp_path / "sr" / "log.csv").read_text()
+    sr_log = (tmp_path / "sr" / "log.csv").read_text()
+    assert "val_sr_x4_psnr" in sr_log and ",x0," in sr_log
 
     gen = train(args_for("diffusion", tmp_path / "gen", image_dirs, init=str(ae), task="gen"))
     assert load_model(gen).config.task == "gen"
@@ -157,3 +159,13 @@ def test_cli_config_override_parsing():
 def test_stage2_needs_init(tmp_path, image_dirs):
     with pytest.raises(ValueError, match="needs --init"):
         train(args_for("diffusion", tmp_path / "x", image_dirs))
+
+
+def test_x0_term_adds_to_eps_loss(tmp_path, image_dirs):
+    ae = train(args_for("autoencoder", tmp_path / "ae", image_dirs, steps=1))
+    trainer = Trainer(args_for("diffusion", tmp_path / "sr", image_dirs, init=str(ae), x0_weight=0.5))
+    crops = trainer.data.random_crops(4, 16, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        loss, logs = trainer.loss(crops)
+    assert float(logs["x0"]) > 0
+    assert float(loss) == pytest.approx(float(logs["eps"]) + 0.5 * float(logs["x0"]), rel=1e-5)

@@ -116,10 +116,24 @@ class DiffusionLoss(StageLoss):
         eps = m.unet(x_t, t, cond)
         return z0, cond, x_t, t, noise, eps
 
-    def forward(self, images):
-        *_, noise, eps = self.diffusion_terms(images)
+    def dm_loss(self, z0, cond, x_t, t, noise, eps):
+        """eps-MSE, plus (x0_weight > 0) the MSE of the implied x0 in diffusion space. The x0 term
+        matters at high noise, where eps errors are amplified 1/sqrt(abar) times in x0: without it
+        few-step sampling (and its regression-like 1-step end) is poor for a small, briefly
+        trained U-Net."""
         loss = F.mse_loss(eps, noise)
-        return loss, {"dm": loss.detach()}
+        logs = {"eps": loss.detach()}
+        w = self.opts.get("x0_weight", 0.0)
+        if w:
+            x0_true = self.model.to_diffusion(z0, cond)
+            l_x0 = F.mse_loss(predict_x0(x_t, t, eps, self.abar), x0_true)
+            loss = loss + w * l_x0
+            logs["x0"] = l_x0.detach()
+        return loss, logs
+
+    def forward(self, images):
+        loss, logs = self.dm_loss(*self.diffusion_terms(images))
+        return loss, {"dm": loss.detach(), **logs}
 
 
 class AlignLoss(DiffusionLoss):
@@ -129,7 +143,7 @@ class AlignLoss(DiffusionLoss):
     def forward(self, images):
         m = self.model
         z0, cond, x_t, t, noise, eps = self.diffusion_terms(images)
-        l_dm = F.mse_loss(eps, noise)
+        l_dm, dm_logs = self.dm_loss(z0, cond, x_t, t, noise, eps)
         z0_pred = m.from_diffusion(predict_x0(x_t, t, eps, self.abar), cond)
         ys, xs, cell, target = sample_targets(images, z0.shape[-2:], self.gen,
                                               self.opts.get("max_rel_scale", m.config.downsample),
@@ -142,7 +156,7 @@ class AlignLoss(DiffusionLoss):
         per_sample = (pred - target).pow(2).mean(dim=(1, 2, 3))
         l_rec = (weight * per_sample).mean()
         loss = self.opts.get("lambda_dm", 1.0) * l_dm + self.opts.get("lambda_rec", 1.0) * l_rec
-        return loss, {"dm": l_dm.detach(), "rec": l_rec.detach()}
+        return loss, {"dm": l_dm.detach(), "rec": l_rec.detach(), **dm_logs}
 
 
 LOSSES = {"autoencoder": AutoencoderLoss, "diffusion": DiffusionLoss, "align": AlignLoss}

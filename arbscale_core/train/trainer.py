@@ -55,6 +55,7 @@ class TrainArgs:
     snr_max: float | None = None
     lambda_dm: float = 1.0
     lambda_rec: float = 1.0
+    x0_weight: float = 0.0
     threads: int | None = None
     save_dtype: str = "float32"
     config: dict = field(default_factory=dict)  # overrides of the preset's fields (stage 1)
@@ -108,7 +109,8 @@ class Trainer:
         self.data = ImageSet(args.data, args.crop, args.image_limit)
         self.model = build_model(args, self.data).to(self.device)
         opts = {"queries": args.queries, "lr_scale_range": tuple(args.lr_scale_range),
-                "snr_max": args.snr_max, "lambda_dm": args.lambda_dm, "lambda_rec": args.lambda_rec}
+                "snr_max": args.snr_max, "lambda_dm": args.lambda_dm, "lambda_rec": args.lambda_rec,
+                "x0_weight": args.x0_weight}
         if args.max_rel_scale:
             opts["max_rel_scale"] = args.max_rel_scale
         self.loss = LOSSES[args.stage](self.model, self.rank, self.world, **opts).to(self.device)
