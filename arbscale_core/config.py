@@ -60,6 +60,9 @@ class ModelConfig:
     # so "no change" is free and a small U-Net only learns the missing detail.
     residual: bool = False
     residual_scale: float = 1.0
+    # "direct": the U-Net outputs eps. "v_skip": eps = sqrt(abar)*F + sqrt(1-abar)*x_t, so the
+    # U-Net F learns v (well conditioned at every noise level) while samplers still get eps.
+    eps_param: str = "direct"
 
     def __post_init__(self):
         if self.version != CONFIG_VERSION:
@@ -72,6 +75,8 @@ class ModelConfig:
                 raise ValueError(f"config {name} must be positive, got {getattr(self, name)}")
         if not self.ae_channel_mult or not self.unet_channel_mult or not self.mlp_hidden:
             raise ValueError("config ae_channel_mult, unet_channel_mult and mlp_hidden must not be empty")
+        if self.eps_param not in ("direct", "v_skip"):
+            raise ValueError(f"config eps_param must be direct or v_skip, got {self.eps_param!r}")
         if not (self.cond_scale > 0):
             raise ValueError(f"config cond_scale must be positive, got {self.cond_scale}")
 
@@ -112,7 +117,8 @@ class ModelConfig:
 def preset(name: str, task: str = "sr") -> ModelConfig:
     """``tiny``: trains on a 2-core CPU in hours. ``paper``: the paper's sizes, for GPUs."""
     if name == "tiny":
-        return ModelConfig(task=task, latent_channels=16, ae_shortcut=True, residual=task == "sr")
+        return ModelConfig(task=task, latent_channels=16, ae_shortcut=True, residual=task == "sr",
+                           eps_param="v_skip" if task == "sr" else "direct")
     if name == "paper":
         return ModelConfig(
             task=task, latent_channels=4, ae_channels=128, ae_channel_mult=(1, 2, 4),

@@ -10,6 +10,7 @@ from torch import nn
 
 from .autoencoder import Encoder, FeatureDecoder
 from .config import ModelConfig
+from .diffusion import alphas_cumprod
 from .implicit_decoder import ImplicitDecoder, decode_bands
 from .unet import UNet
 
@@ -24,6 +25,15 @@ class ArbScaleModel(nn.Module):
         self.feature_decoder = FeatureDecoder(config)
         self.implicit = ImplicitDecoder(config)
         self.unet = UNet(config)
+        self.register_buffer("abar", alphas_cumprod(config).float(), persistent=False)
+
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The eps prediction for noisy latents x_t [B,C,h,w] at timesteps t [B]."""
+        out = self.unet(x_t, t, cond)
+        if self.config.eps_param == "v_skip":
+            a = self.abar[t].view(-1, 1, 1, 1).to(out.dtype)
+            out = a.sqrt() * out + (1 - a).sqrt() * x_t.to(out.dtype)
+        return out
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """image [B,3,H,W] in -1..1 -> scaled latent [B,C,ceil(H/f),ceil(W/f)] (edge-padded to f)."""

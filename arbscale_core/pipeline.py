@@ -99,7 +99,7 @@ def denoise(model: ArbScaleModel, cond: torch.Tensor | None = None, latent_shape
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with _autocast(device, dtype):
-            return model.unet(x, t, cond)
+            return model.eps(x, t, cond)
 
     def x0_callback(i: int, n: int, x0: torch.Tensor) -> None:
         callback(i, n, model.from_diffusion(x0, cond))

@@ -102,3 +102,15 @@ def test_unet_any_latent_size(hw):
     assert out.shape == x.shape
     with pytest.raises(ValueError, match="condition"):
         unet(x, torch.tensor([1, 2]))
+
+
+def test_v_skip_eps_parameterisation():
+    model = micro_model("sr", eps_param="v_skip")
+    x = torch.randn(2, 4, 5, 6)
+    cond = torch.randn(2, 4, 5, 6)
+    t = torch.tensor([0, 999])
+    a = ABAR[t].float().view(-1, 1, 1, 1)
+    expected = a.sqrt() * model.unet(x, t, cond) + (1 - a).sqrt() * x
+    torch.testing.assert_close(model.eps(x, t, cond), expected)
+    # at the noisiest step eps is almost x_t itself: the U-Net only supplies a small correction
+    assert (model.eps(x, t, cond)[1] - x[1]).abs().max() < 0.1 * x[1].abs().max()

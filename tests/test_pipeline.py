@@ -112,3 +112,11 @@ def test_residual_model_denoises_around_condition():
     for steps, eta in ((1, 0.0), (8, 1.0)):
         latent = denoise(model, cond, steps=steps, eta=eta, seed=2)
         torch.testing.assert_close(latent, cond, atol=1e-4, rtol=1e-4)
+
+
+def test_v_skip_model_upscales():
+    from conftest import micro_model
+
+    model = micro_model("sr", eps_param="v_skip", residual=True, residual_scale=2.0)
+    out = upscale(model, torch.rand(1, 3, 6, 9), scale=2.5, steps=3)
+    assert out.shape == (1, 3, 15, 23) and torch.isfinite(out).all()

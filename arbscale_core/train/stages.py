@@ -113,7 +113,7 @@ class DiffusionLoss(StageLoss):
             with torch.no_grad():
                 cond = make_condition(m, images, lr_scale)
         x_t = q_sample(m.to_diffusion(z0, cond), t, noise, self.abar)
-        eps = m.unet(x_t, t, cond)
+        eps = m.eps(x_t, t, cond)
         return z0, cond, x_t, t, noise, eps
 
     def dm_loss(self, z0, cond, x_t, t, noise, eps):

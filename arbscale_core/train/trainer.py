@@ -84,8 +84,10 @@ def build_model(args: TrainArgs, images: ImageSet | None = None) -> ArbScaleMode
     if init.config.task == args.task and args.stage == "align":
         return init.train()
     # Stage 2: the stage-1 autoencoder with a fresh U-Net for the task.
-    residual = args.config.get("residual", preset(args.preset, args.task).residual)
-    cfg = init.config.replace(task=args.task, residual=residual and args.task == "sr")
+    target = preset(args.preset, args.task)
+    residual = args.config.get("residual", target.residual)
+    cfg = init.config.replace(task=args.task, residual=residual and args.task == "sr",
+                              eps_param=args.config.get("eps_param", target.eps_param))
     if cfg.residual and images is not None:
         crops = images.random_crops(64, args.crop, torch.Generator().manual_seed(4321))
         cfg = cfg.replace(residual_scale=measure_residual_scale(init, crops, args.lr_scale_range))
