@@ -162,7 +162,7 @@ def upscale(model: ArbScaleModel, image: torch.Tensor, scale: float | None = Non
     return upscale_tensor(model, image, height, width, **kwargs)
 
 
-def generation_latent_size(model: ArbScaleModel, height: int, width: int, max_side: int = 64) -> tuple[int, int]:
+def generation_latent_size(model: ArbScaleModel, height: int, width: int, max_side: int = 32) -> tuple[int, int]:
     """The latent for a generated image: the output / f, capped so the longer side is <= max_side
     cells (the implicit decoder supplies the rest of the resolution)."""
     f = model.config.downsample
