@@ -429,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `arbscale info M | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
