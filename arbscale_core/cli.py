@@ -139,7 +139,7 @@ def _progress_bar(total: int, desc: str):
 
 def cmd_upscale(args) -> int:
     from .device import resolve_dtype
-    from .imageops import load_image, save_image
+    from .imageops import load_image
     from .pipeline import decode_uint8, denoise, encode_condition, output_size
 
     if (args.scale is None) == (args.size is None):

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 

@@ -25,14 +25,13 @@ from PIL import Image
 from arbscale_core.checkpoint import load_model
 from arbscale_core.evaluate import (BASELINES, baseline, high_frequency_ratio, hr_crop_for_scale, make_lr, psnr,
                                    psnr_y, ssim)
-from arbscale_core.pipeline import decode_uint8, denoise, encode_condition
+from arbscale_core.eval_sr import ours_latent
+from arbscale_core.pipeline import decode_uint8
 from arbscale_core.train.data import list_images
 
 
 def ours(model, lr: np.ndarray, height: int, width: int, steps: int, eta: float, seed: int) -> np.ndarray:
-    x = torch.from_numpy(lr.copy()).permute(2, 0, 1)[None].float() / 255
-    latent = denoise(model, encode_condition(model, x), steps=steps, eta=eta, seed=seed)
-    return decode_uint8(model, latent, height, width)[0]
+    return decode_uint8(model, ours_latent(model, lr, steps, eta, seed), height, width)[0]
 
 
 def main(argv=None) -> int:

@@ -56,6 +56,7 @@ def naive_liif(model, latent, height, width):
     ys = make_coord(height, h, dtype=torch.float64)
     xs = make_coord(width, w, dtype=torch.float64)
     out = torch.zeros(b, 3, height, width, dtype=torch.float64)
+    total = torch.zeros(height, width, dtype=torch.float64)
     for dy in (-0.5, 0.5):
         for dx in (-0.5, 0.5):
             iy = torch.floor(ys + dy).clamp(0, h - 1).long()
@@ -73,7 +74,7 @@ def naive_liif(model, latent, height, width):
             rgb = model.implicit.mlp.double()(hid)
             model.implicit.mlp.float()
             out += (rgb * area[None, :, :, None]).permute(0, 3, 1, 2)
-            total = area if (dy, dx) == (-0.5, -0.5) else total + area
+            total = total + area
     return (out / total).float()
 
 

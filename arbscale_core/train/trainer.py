@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -178,11 +177,7 @@ class Trainer:
 
     def export(self) -> Path:
         """The EMA weights as a model file (stage 1 also measures the latent scale)."""
-        model = copy.deepcopy(self.model).cpu().eval()
-        with torch.no_grad():
-            params = dict(model.named_parameters())
-            for k, v in self.ema.items():
-                params[k].copy_(v)
+        model = self.ema_model().cpu().eval()
         if self.args.stage == "autoencoder":
             crops = self.data.random_crops(64, self.args.crop, torch.Generator().manual_seed(1234))
             scale = measure_latent_scale(model, crops)
