@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from contextlib import nullcontext
 
 import torch
-from einops import rearrange
 from torch import nn
 
 from .config import ModelConfig
@@ -73,22 +72,23 @@ class ImplicitDecoder(nn.Module):
         b, hid, h, w = first.shape
         iy, ry, wy = axis_neighbours(ys, h)
         ix, rx, wx = axis_neighbours(xs, w)
+        n, m = ys.shape[0], xs.shape[0]
         wc = self.first_coord.weight.to(first.dtype)  # [hidden, 4]
-        cell_term = wc[:, 2] * cell[0] + wc[:, 3] * cell[1]
-        # All 4 neighbours at once: [4, B, n, m, hidden], built from separable row/column parts.
-        rows = first.index_select(2, iy.reshape(-1))  # [B,hid,2n,w]
-        grid = rows.index_select(3, ix.reshape(-1))    # [B,hid,2n,2m]
-        grid = rearrange(grid, "b c (a n) (e m) -> a e b n m c", a=2, e=2)
-        row_term = ry[..., None] * wc[:, 0]           # [2,n,hid]
-        col_term = rx[..., None] * wc[:, 1]           # [2,m,hid]
-        pre = grid + row_term[:, None, None, :, None, :] + col_term[None, :, None, None, :, :] + cell_term
+        # All 4 neighbours at once, channels last so the MLP's matmuls read contiguous rows:
+        # [B, 2 (row neighbour), n, 2 (column neighbour), m, hidden], built in place from the
+        # separable row/column parts.
+        pre = first.permute(0, 2, 3, 1).index_select(1, iy.reshape(-1)).index_select(2, ix.reshape(-1))
+        pre = pre.view(b, 2, n, 2, m, hid)
+        pre += (ry[..., None] * wc[:, 0]).view(1, 2, n, 1, 1, hid)
+        pre += (rx[..., None] * wc[:, 1]).view(1, 1, 1, 2, m, hid)
+        pre += wc[:, 2] * cell[0] + wc[:, 3] * cell[1]
         ctx = (torch.autocast(device_type=first.device.type, dtype=autocast_dtype)
                if autocast_dtype is not None else nullcontext())
         with ctx:
-            rgb = self.mlp(pre)                       # [2,2,B,n,m,3]
-        weight = wy[:, None, :, None] * wx[None, :, None, :]  # [2,2,n,m]
-        out = torch.einsum("aebnmc,aenm->bcnm", rgb.float(), weight.float())
-        return out
+            rgb = self.mlp(pre)                       # [B,2,n,2,m,3]
+        weight = (wy[:, :, None, None] * wx[None, None]).to(torch.float32)  # [2,n,2,m]
+        out = (rgb.float() * weight[None, ..., None]).sum(dim=(1, 3))      # [B,n,m,3]
+        return out.permute(0, 3, 1, 2)
 
 
 def output_bands(height: int, width: int, chunk: int, start_row: int = 0) -> Iterator[tuple[int, int]]:
