@@ -1,5 +1,4 @@
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -110,20 +109,15 @@ def test_resume_is_bit_for_bit(tmp_path, image_dirs):
     assert straight.exists()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_two_ranks_match_single_process(tmp_path, image_dirs):
     common = ["autoencoder", "--data", str(image_dirs / "train"), "--steps", "3", "--batch", "4", "--crop", "16",
               "--warmup", "2", "--queries", "8", "--save-every", "3", "--threads", "1"]
     for k, v in MICRO.items():
         common += ["--config", f"{k}={list(v) if isinstance(v, tuple) else v}".replace(" ", "")]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          f"--master_port={_free_port()}", "-m", "arbscale_core.train", *common,
+    # --standalone: torchrun picks a free port itself (no race with another process)
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "arbscale_core.train", *common,
                           "--out", str(tmp_path / "ddp")], env=env, capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     single = subprocess.run([sys.executable, "-m", "arbscale_core.train", *common, "--out", str(tmp_path / "one")],
