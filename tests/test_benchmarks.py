@@ -28,3 +28,10 @@ def test_decoder_speed_quick():
     assert "| ours bf16 |" in res.stdout
     diff = float(res.stdout.split("max |diff| ")[1].split()[0])
     assert diff < 1e-4  # the naive LIIF and ours compute the same function
+
+
+def test_memory_quick(tmp_path, sr_ckpt):
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory.py"), "--quick", "--model", str(sr_ckpt)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "| 16² | x8 | 128x128 |" in res.stdout and "growth from 32x32 to 128x128" in res.stdout
