@@ -35,19 +35,26 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def parse_scale(text: str) -> float:
+    from .pipeline import check_scale
+
     try:
-        value = float(text)
-    except ValueError:
-        raise UserError(f"scale must be a number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise UserError(f"scale must be a finite number > 0, got {text!r}")
-    return value
+        return check_scale(text)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _positive_int(name: str, value: int) -> int:
     if value <= 0:
         raise UserError(f"{name} must be a positive whole number, got {value}")
     return value
+
+
+def check_sampling(args) -> None:
+    """--steps, --eta and --chunk, shared by every command that samples."""
+    _positive_int("--steps", args.steps)
+    _positive_int("--chunk", args.chunk)
+    if not math.isfinite(args.eta) or args.eta < 0:
+        raise UserError(f"--eta must be a finite number >= 0, got {args.eta}")
 
 
 def resolve_model_path(arg: str | None, task: str) -> Path:
@@ -60,12 +67,14 @@ def resolve_model_path(arg: str | None, task: str) -> Path:
     return path
 
 
-def load(model_arg: str | None, task: str, device_arg: str):
+def load(model_arg: str | None, task: str, device_arg: str, dtype_arg: str = "fp32"):
+    """(model, device, autocast dtype) for a command, every problem as a UserError."""
     from .checkpoint import CheckpointError, load_model
-    from .device import resolve_device
+    from .device import resolve_device, resolve_dtype
 
     try:
         device = resolve_device(device_arg)
+        dtype = resolve_dtype(dtype_arg, device)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     path = resolve_model_path(model_arg, task)
@@ -76,7 +85,7 @@ def load(model_arg: str | None, task: str, device_arg: str):
     if model.config.task != task:
         kind = {"sr": "an SR", "gen": "a generation"}
         raise UserError(f"{path} is {kind[model.config.task]} model; this command needs {kind[task]} model")
-    return model, device
+    return model, device, dtype
 
 
 def collect_inputs(items: list[str]) -> list[Path]:
@@ -138,7 +147,6 @@ def _progress_bar(total: int, desc: str):
 
 
 def cmd_upscale(args) -> int:
-    from .device import resolve_dtype
     from .imageops import load_image
     from .pipeline import decode_uint8, denoise, encode_condition, output_size
 
@@ -146,10 +154,7 @@ def cmd_upscale(args) -> int:
         raise UserError("give exactly one of --scale or --size")
     scale = parse_scale(args.scale) if args.scale is not None else None
     size = parse_size(args.size) if args.size is not None else None
-    _positive_int("--steps", args.steps)
-    _positive_int("--chunk", args.chunk)
-    if not math.isfinite(args.eta) or args.eta < 0:
-        raise UserError(f"--eta must be a finite number >= 0, got {args.eta}")
+    check_sampling(args)
     inputs = collect_inputs(args.inputs)
     tag = f"x{scale:g}" if scale is not None else f"{size[0]}x{size[1]}"
     targets = plan_outputs(inputs, args.output, tag)
@@ -165,11 +170,7 @@ def cmd_upscale(args) -> int:
             sizes.append(output_size(*img.shape[-2:], scale=scale, size=size))
         except ValueError as exc:
             raise UserError(f"{p}: {exc}") from None
-    model, device = load(args.model, "sr", args.device)
-    try:
-        dtype = resolve_dtype(args.dtype, device)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    model, _, dtype = load(args.model, "sr", args.device, args.dtype)
     for p, img, (h, w), target in zip(inputs, images, sizes, targets):
         bar = _progress_bar(args.steps, f"{p.name}: denoise")
         latent = denoise(model, encode_condition(model, img), steps=args.steps, eta=args.eta, seed=args.seed,
@@ -195,15 +196,11 @@ def _write(array, target: Path) -> None:
 
 
 def cmd_generate(args) -> int:
-    from .device import resolve_dtype
     from .pipeline import decode_uint8, denoise, generation_latent_size
 
     w, h = parse_size(args.size)
     n = _positive_int("-n", args.n)
-    _positive_int("--steps", args.steps)
-    _positive_int("--chunk", args.chunk)
-    if not math.isfinite(args.eta) or args.eta < 0:
-        raise UserError(f"--eta must be a finite number >= 0, got {args.eta}")
+    check_sampling(args)
     out = Path(args.output)
     if out.is_dir():
         targets = [out / f"generated_s{args.seed}_{i}.png" for i in range(n)]
@@ -214,11 +211,7 @@ def cmd_generate(args) -> int:
             raise UserError(f"output {out} needs an image suffix such as .png")
         targets = [out] if n == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(n)]
     check_writable(targets)
-    model, device = load(args.model, "gen", args.device)
-    try:
-        dtype = resolve_dtype(args.dtype, device)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    model, _, dtype = load(args.model, "gen", args.device, args.dtype)
     lh, lw = generation_latent_size(model, h, w)
     bar = _progress_bar(args.steps, "denoise")
     latent = denoise(model, latent_shape=(n, model.config.latent_channels, lh, lw), steps=args.steps,
@@ -277,7 +270,7 @@ def cmd_eval(args) -> int:
     from .train.data import list_images
 
     scales = _parse_scales(args.scales)
-    _positive_int("--steps", args.steps)
+    check_sampling(args)
     _positive_int("--seeds", args.seeds)
     _positive_int("--max-side", args.max_side)
     hr_dir = Path(args.hr_dir)
@@ -287,7 +280,7 @@ def cmd_eval(args) -> int:
     if not paths:
         raise UserError(f"no images in {hr_dir}")
     out = _report_dir(args.output)
-    model, _ = load(args.model, "sr", args.device)
+    model, _, _ = load(args.model, "sr", args.device)
     opts = eval_sr.SREvalOptions(scales=tuple(scales), steps=args.steps, eta=args.eta, seeds=args.seeds,
                                  max_side=args.max_side, limit=args.limit)
     from tqdm import tqdm
@@ -339,9 +332,9 @@ def cmd_eval_gen(args) -> int:
     if not sizes:
         raise UserError("--sizes needs at least one WIDTHxHEIGHT")
     _positive_int("--samples", args.samples)
-    _positive_int("--steps", args.steps)
+    check_sampling(args)
     out = _report_dir(args.output)
-    model, _ = load(args.model, "gen", args.device)
+    model, _, _ = load(args.model, "gen", args.device)
     from tqdm import tqdm
 
     with tqdm(total=args.samples, desc="eval-gen", file=sys.stderr, disable=None) as bar:

@@ -61,9 +61,8 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
-def _generator(seed: int, device: torch.device) -> torch.Generator:
+def _generator(seed: int) -> torch.Generator:
     # CPU generator for the noise so a seed gives the same latent on every device.
-    del device
     return torch.Generator("cpu").manual_seed(int(seed))
 
 
@@ -94,7 +93,7 @@ def denoise(model: ArbScaleModel, cond: torch.Tensor | None = None, latent_shape
         if latent_shape is None:
             raise ValueError("a generation model needs a latent shape")
         shape = tuple(latent_shape)
-    gen = _generator(seed, device)
+    gen = _generator(seed)
     noise = torch.randn(shape, generator=gen).to(device)
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

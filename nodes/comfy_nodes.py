@@ -73,6 +73,13 @@ SCALE = dict(default=4.0, min=0.01, max=1000.0, step=0.01,
              tooltip="output = input x scale (ignored when width or height is set)")
 WIDTH = dict(default=0, min=0, max=logic.MAX_SIDE, step=1, tooltip="0 = from scale (or from height, keeping aspect)")
 HEIGHT = dict(default=0, min=0, max=logic.MAX_SIDE, step=1, tooltip="0 = from scale (or from width, keeping aspect)")
+def sampling_inputs() -> list:
+    """steps, eta, seed: the same widgets on Latent Denoise and Upscale."""
+    return [io.Int.Input("steps", default=20, min=1, max=1000),
+            io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.01),
+            io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True)]
+
+
 CHUNK = dict(default=65536, min=1024, max=16777216, step=1024, tooltip="pixels decoded at a time (memory)")
 
 
@@ -127,11 +134,7 @@ class ArbScaleLatentDenoise(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(node_id="ArbScaleLatentDenoise", display_name="ArbScale Latent Denoise", category=CATEGORY,
                          description="DDIM in latent space (its cost does not depend on the output size).",
-                         inputs=[ArbLatent.Input("latent"),
-                                 io.Int.Input("steps", default=20, min=1, max=1000),
-                                 io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.01),
-                                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
-                                              control_after_generate=True)],
+                         inputs=[ArbLatent.Input("latent"), *sampling_inputs()],
                          outputs=[ArbLatent.Output(display_name="latent")])
 
     @classmethod
@@ -173,11 +176,7 @@ class ArbScaleUpscale(io.ComfyNode):
                          description="All in one: encode, denoise and decode at any scale or size.",
                          inputs=[ArbModel.Input("model"), io.Image.Input("image"), io.Float.Input("scale", **SCALE),
                                  io.Int.Input("width", **WIDTH), io.Int.Input("height", **HEIGHT),
-                                 io.Int.Input("steps", default=20, min=1, max=1000),
-                                 io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.01),
-                                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
-                                              control_after_generate=True),
-                                 io.Int.Input("chunk", **CHUNK)],
+                                 *sampling_inputs(), io.Int.Input("chunk", **CHUNK)],
                          outputs=[io.Image.Output(display_name="image")])
 
     @classmethod

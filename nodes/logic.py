@@ -16,7 +16,7 @@ import torch
 from arbscale_core.checkpoint import CheckpointError, load_model
 from arbscale_core.model import ArbScaleModel
 from arbscale_core.pipeline import (MAX_OUTPUT_PIXELS, decode_bands, denoise, encode_condition,
-                                    generation_latent_size, scaled_side)
+                                    check_scale, generation_latent_size, scaled_side)
 
 log = logging.getLogger("arbscale")
 MAX_SIDE = 65536  # widgets allow at most this; larger is surely a mistake
@@ -119,8 +119,10 @@ def target_size(source_hw: tuple[int, int], scale: float, width: int = 0, height
     elif height > 0:
         h, w = height, max(1, math.floor(height * sw / sh + 0.5))
     else:
-        if not math.isfinite(scale) or scale <= 0:
-            raise ValueError(f"ArbScale: scale must be a finite number > 0, got {scale}")
+        try:
+            scale = check_scale(scale)
+        except ValueError as exc:
+            raise ValueError(f"ArbScale: {exc}") from None
         h, w = scaled_side(sh, scale), scaled_side(sw, scale)
     check_size(w, h)
     return h, w

@@ -39,14 +39,15 @@ def test_eval_writes_full_report(tmp_path, hr_dir, sr_ckpt, capsys):
     assert "skipped" in cap.err and "x2: ours" in cap.out
 
 
-@pytest.mark.parametrize("case", ["empty", "missing", "unwritable", "bad scales"])
+@pytest.mark.parametrize("case", ["empty", "missing", "unwritable", "bad scales", "bad eta"])
 def test_eval_errors(case, tmp_path, sr_ckpt, hr_dir, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     argv = {"empty": ["eval", str(empty), "-o", str(tmp_path / "r")],
             "missing": ["eval", str(tmp_path / "nope"), "-o", str(tmp_path / "r")],
             "unwritable": ["eval", str(hr_dir), "-o", "/proc/arbscale_report"],
-            "bad scales": ["eval", str(hr_dir), "-o", str(tmp_path / "r"), "--scales", "2,0"]}[case]
+            "bad scales": ["eval", str(hr_dir), "-o", str(tmp_path / "r"), "--scales", "2,0"],
+            "bad eta": ["eval", str(hr_dir), "-o", str(tmp_path / "r"), "--eta", "-1"]}[case]
     rc = main(argv + ["--model", str(sr_ckpt)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, err
