@@ -148,13 +148,14 @@ def _progress_bar(total: int, desc: str):
 
 def cmd_upscale(args) -> int:
     from .imageops import load_image
-    from .pipeline import decode_uint8, denoise, encode_condition, output_size
+    from .pipeline import denoise, encode_condition, output_size
 
     if (args.scale is None) == (args.size is None):
         raise UserError("give exactly one of --scale or --size")
     scale = parse_scale(args.scale) if args.scale is not None else None
     size = parse_size(args.size) if args.size is not None else None
     check_sampling(args)
+    _positive_int("--tile", args.tile)
     inputs = collect_inputs(args.inputs)
     tag = f"x{scale:g}" if scale is not None else f"{size[0]}x{size[1]}"
     targets = plan_outputs(inputs, args.output, tag)
@@ -174,29 +175,39 @@ def cmd_upscale(args) -> int:
     for p, img, (h, w), target in zip(inputs, images, sizes, targets):
         bar = _progress_bar(args.steps, f"{p.name}: denoise")
         latent = denoise(model, encode_condition(model, img), steps=args.steps, eta=args.eta, seed=args.seed,
-                         dtype=dtype, callback=lambda i, n, x0: bar.update(1))
+                         dtype=dtype, callback=lambda i, n, x0: bar.update(1), tile=args.tile)
         bar.close()
-        bar = _progress_bar(h, f"{p.name}: decode {w}x{h}")
-        bar.unit = "row"
-        canvas = decode_uint8(model, latent, h, w, args.chunk, dtype,
-                              progress=lambda done, total: bar.update(done - bar.n))
-        bar.close()
-        _write(canvas[0], target)
+        _decode_to_file(model, latent, h, w, target, args.chunk, dtype, f"{p.name}: decode {w}x{h}")
         print(f"{p} -> {target} ({w}x{h})")
     return 0
 
 
-def _write(array, target: Path) -> None:
-    from .imageops import save_image
+def _decode_to_file(model, latent, h: int, w: int, target: Path, chunk: int, dtype, desc: str) -> None:
+    """Decode one latent [1,C,h,w] into ``target``: large PNGs stream row by row (memory: one band),
+    everything else goes through a uint8 canvas."""
+    from .imageops import STREAM_PIXELS, save_image, save_png_rows
+    from .pipeline import decode_uint8, decode_uint8_bands
+
+    bar = _progress_bar(h, desc)
+    bar.unit = "row"
+
+    def progress(done, total):
+        bar.update(done - bar.n)
 
     try:
-        save_image(array, target)
+        if target.suffix.lower() == ".png" and h * w > STREAM_PIXELS:
+            bands = decode_uint8_bands(model, latent, h, w, chunk, dtype, progress)
+            save_png_rows(target, h, w, (band[0] for _, _, band in bands))
+        else:
+            save_image(decode_uint8(model, latent, h, w, chunk, dtype, progress)[0], target)
     except OSError as exc:
         raise UserError(f"cannot write {target}: {exc.strerror or exc}") from None
+    finally:
+        bar.close()
 
 
 def cmd_generate(args) -> int:
-    from .pipeline import decode_uint8, denoise, generation_latent_size
+    from .pipeline import denoise, generation_latent_size
 
     w, h = parse_size(args.size)
     n = _positive_int("-n", args.n)
@@ -217,9 +228,8 @@ def cmd_generate(args) -> int:
     latent = denoise(model, latent_shape=(n, model.config.latent_channels, lh, lw), steps=args.steps,
                      eta=args.eta, seed=args.seed, dtype=dtype, callback=lambda i, t, x0: bar.update(1))
     bar.close()
-    canvas = decode_uint8(model, latent, h, w, args.chunk, dtype)
     for i, target in enumerate(targets):
-        _write(canvas[i], target)
+        _decode_to_file(model, latent[i:i + 1], h, w, target, args.chunk, dtype, f"decode {w}x{h}")
         print(f"-> {target} ({w}x{h})")
     return 0
 
@@ -377,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("-o", "--output", required=True, metavar="OUT", help="output file (one input) or folder")
     up.add_argument("--scale", help="scale factor, e.g. 4 or 3.7")
     up.add_argument("--size", help="output size WIDTHxHEIGHT")
+    up.add_argument("--tile", type=int, default=256,
+                    help="denoise latents over this many cells a side (for the shipped models: LR pixels) "
+                         "in overlapping tiles, bounding memory (default 256)")
     common(up, "sr")
     up.set_defaults(func=cmd_upscale)
 

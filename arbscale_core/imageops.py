@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,9 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+# Outputs larger than this many pixels are streamed to PNG row by row instead of assembled in a
+# uint8 canvas (64 Mpx = 192 MB as uint8; a 500x output of a 64 px image would need 3 GB).
+STREAM_PIXELS = 1 << 26
 
 
 def resize(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -48,3 +52,21 @@ def save_image(array: np.ndarray, path: str | os.PathLike) -> None:
     fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
     with atomic_path(path) as tmp:
         Image.fromarray(array).save(tmp, format=fmt)
+
+
+def save_png_rows(path: str | os.PathLike, height: int, width: int, bands: Iterable[np.ndarray]) -> None:
+    """Stream uint8 bands [rows,width,3] (top to bottom, ``height`` rows in all) into a PNG,
+    atomically; only one band is held in memory at a time."""
+    import png  # pypng: writes rows from an iterator, so the image never exists whole
+
+    from .fileio import atomic_path
+
+    def rows():
+        for band in bands:
+            if band.dtype != np.uint8 or band.ndim != 3 or band.shape[1:] != (width, 3):
+                raise ValueError(f"bands must be uint8 [rows,{width},3], got {band.dtype} {band.shape}")
+            for row in band:
+                yield row.tobytes()
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        png.Writer(width, height, greyscale=False, bitdepth=8, compression=6).write(fh, rows())

@@ -17,10 +17,15 @@ from .diffusion import alphas_cumprod
 from .imageops import resize
 from .model import ArbScaleModel
 from .sampler import Callback, sample_ddim
+from .tiling import tiled_eps
 
 DEFAULT_STEPS = 20
 DEFAULT_ETA = 0.0
 DEFAULT_CHUNK = 65536
+# Latents with a side over DEFAULT_TILE cells (LR inputs over 256 px: the latent has the LR's
+# pixel grid) are denoised in overlapping tiles so U-Net memory stays bounded.
+DEFAULT_TILE = 256
+DEFAULT_TILE_OVERLAP = 32
 MAX_OUTPUT_PIXELS = 2 ** 31  # beyond this even a uint8 canvas is impractical on one machine
 
 
@@ -81,8 +86,10 @@ def encode_condition(model: ArbScaleModel, image: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def denoise(model: ArbScaleModel, cond: torch.Tensor | None = None, latent_shape: tuple[int, ...] | None = None,
             steps: int = DEFAULT_STEPS, eta: float = DEFAULT_ETA, seed: int = 0,
-            dtype: torch.dtype | None = None, callback: Callback | None = None) -> torch.Tensor:
+            dtype: torch.dtype | None = None, callback: Callback | None = None,
+            tile: int = DEFAULT_TILE, tile_overlap: int = DEFAULT_TILE_OVERLAP) -> torch.Tensor:
     """DDIM in latent space. SR: ``cond`` [B,C,h,w]; generation: ``latent_shape`` (B,C,h,w).
+    Latents larger than ``tile`` cells on a side are denoised in blended overlapping tiles.
     Returns the denoised (scaled) latent [B,C,h,w] float32."""
     device = next(model.parameters()).device
     if model.config.task == "sr":
@@ -96,9 +103,15 @@ def denoise(model: ArbScaleModel, cond: torch.Tensor | None = None, latent_shape
     gen = _generator(seed)
     noise = torch.randn(shape, generator=gen).to(device)
 
+    if tile < 1:
+        raise ValueError(f"tile must be at least 1 latent cell, got {tile}")
+
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with _autocast(device, dtype):
-            return model.eps(x, t, cond)
+        def tile_fn(x_tile: torch.Tensor, cond_tile: torch.Tensor | None) -> torch.Tensor:
+            with _autocast(device, dtype):
+                return model.eps(x_tile, t, cond_tile)
+
+        return tiled_eps(tile_fn, x, cond, tile, min(tile_overlap, tile - 1))
 
     def x0_callback(i: int, n: int, x0: torch.Tensor) -> None:
         callback(i, n, model.from_diffusion(x0, cond))
@@ -130,15 +143,24 @@ def decode(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int, 
     return torch.cat(bands, dim=2)
 
 
+def decode_uint8_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int,
+                       chunk: int = DEFAULT_CHUNK, dtype: torch.dtype | None = None,
+                       progress: Callable[[int, int], None] | None = None,
+                       ) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yield (y0, y1, uint8 [B,y1-y0,width,3]) bands top to bottom: what a streaming writer takes."""
+    for y0, y1, band in decode_bands(model, latent, height, width, chunk, dtype):
+        yield y0, y1, (band * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        if progress:
+            progress(y1, height)
+
+
 def decode_uint8(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int,
                  chunk: int = DEFAULT_CHUNK, dtype: torch.dtype | None = None,
                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Decode straight into a uint8 canvas [B,height,width,3], band by band (no full float image)."""
     canvas = np.empty((latent.shape[0], height, width, 3), dtype=np.uint8)
-    for y0, y1, band in decode_bands(model, latent, height, width, chunk, dtype):
-        canvas[:, y0:y1] = (band * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        if progress:
-            progress(y1, height)
+    for y0, y1, band in decode_uint8_bands(model, latent, height, width, chunk, dtype, progress):
+        canvas[:, y0:y1] = band
     return canvas
 
 

@@ -78,6 +78,7 @@ BAD = {
     "fp16 on cpu": (["upscale", "{img}", "-o", "{tmp}/o.png", "--scale", "2", "--device", "cpu", "--dtype", "fp16"],
                     "fp16"),
     "huge size": (["upscale", "{img}", "-o", "{tmp}/o.png", "--size", "100000x100000"], "too large"),
+    "zero tile": (["upscale", "{img}", "-o", "{tmp}/o.png", "--scale", "2", "--tile", "0"], "--tile"),
     "unknown option": (["upscale", "{img}", "-o", "{tmp}/o.png", "--scale", "2", "--frobnicate"], "unrecognized"),
 }
 
@@ -140,3 +141,51 @@ def test_outputs_get_normal_permissions(tmp_path, sr_ckpt, capsys):
     umask = os.umask(0)
     os.umask(umask)
     assert dst.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("command", ["upscale", "generate"])
+def test_large_png_streams_row_by_row_same_pixels(command, tmp_path, sr_ckpt, gen_ckpt, capsys, monkeypatch):
+    """Past STREAM_PIXELS a PNG is written from decoded bands without a canvas; the pixels must be
+    the ones the canvas path writes, and no full-size array may be allocated."""
+    import numpy as np
+
+    import arbscale_core.imageops as imageops
+    import arbscale_core.pipeline as pipeline
+
+    if command == "upscale":
+        src = write_png(tmp_path / "in.png", 13, 9)
+        argv = ["upscale", src, "--scale", "4.5", "--model", sr_ckpt]
+    else:
+        argv = ["generate", "--size", "61x43", "--model", gen_ckpt]
+    argv += ["--steps", "2", "--chunk", "200"]
+    rc, _, err = run_cli(argv + ["-o", tmp_path / "canvas.png"], capsys)
+    assert rc == 0, err
+
+    monkeypatch.setattr(imageops, "STREAM_PIXELS", 100)
+
+    def no_canvas(*args, **kwargs):
+        raise AssertionError("the streaming path must not build a canvas")
+
+    monkeypatch.setattr(pipeline, "decode_uint8", no_canvas)
+    rc, _, err = run_cli(argv + ["-o", tmp_path / "streamed.png"], capsys)
+    assert rc == 0, err
+    a = np.asarray(Image.open(tmp_path / "canvas.png"))
+    b = np.asarray(Image.open(tmp_path / "streamed.png"))
+    assert a.shape == b.shape and a.shape[0] > 30
+    assert np.array_equal(a, b)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_streamed_png_failure_leaves_no_file(tmp_path):
+    import numpy as np
+
+    from arbscale_core.imageops import save_png_rows
+
+    def bands():
+        yield np.zeros((2, 5, 3), np.uint8)
+        raise RuntimeError("decode failed half way")
+
+    target = tmp_path / "out.png"
+    with pytest.raises(RuntimeError):
+        save_png_rows(target, 4, 5, bands())
+    assert list(tmp_path.iterdir()) == []

@@ -150,9 +150,11 @@ class AlignLoss(DiffusionLoss):
                                               self.opts.get("queries", 48))
         pred = m.implicit.query(m.first_layer_map(z0_pred), ys, xs, cell)
         weight = snr(t, self.abar)
-        snr_max = self.opts.get("snr_max")
-        if snr_max:
-            weight = weight.clamp(max=snr_max)
+        # The paper's weight vanishes at high noise (abar/(1-abar) ~ 0.005 at t = 999), exactly
+        # where few-step sampling takes its estimate; snr_min keeps the pixel loss alive there.
+        snr_min, snr_max = self.opts.get("snr_min"), self.opts.get("snr_max")
+        if snr_min or snr_max:
+            weight = weight.clamp(min=snr_min or None, max=snr_max or None)
         per_sample = (pred - target).pow(2).mean(dim=(1, 2, 3))
         l_rec = (weight * per_sample).mean()
         loss = self.opts.get("lambda_dm", 1.0) * l_dm + self.opts.get("lambda_rec", 1.0) * l_rec

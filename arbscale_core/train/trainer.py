@@ -52,6 +52,7 @@ class TrainArgs:
     max_rel_scale: float | None = None
     lr_scale_range: tuple[float, float] = (3.0, 5.0)
     snr_max: float | None = None
+    snr_min: float | None = None
     lambda_dm: float = 1.0
     lambda_rec: float = 1.0
     x0_weight: float = 0.0
@@ -110,7 +111,7 @@ class Trainer:
         self.data = ImageSet(args.data, args.crop, args.image_limit)
         self.model = build_model(args, self.data).to(self.device)
         opts = {"queries": args.queries, "lr_scale_range": tuple(args.lr_scale_range),
-                "snr_max": args.snr_max, "lambda_dm": args.lambda_dm, "lambda_rec": args.lambda_rec,
+                "snr_max": args.snr_max, "snr_min": args.snr_min, "lambda_dm": args.lambda_dm, "lambda_rec": args.lambda_rec,
                 "x0_weight": args.x0_weight}
         if args.max_rel_scale:
             opts["max_rel_scale"] = args.max_rel_scale
