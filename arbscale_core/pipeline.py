@@ -6,6 +6,7 @@ runs in bands of ``chunk`` pixels so memory stays flat.
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -19,6 +20,8 @@ from .model import ArbScaleModel
 from .sampler import Callback, sample_ddim
 from .tiling import tiled_eps
 
+log = logging.getLogger("arbscale")
+
 DEFAULT_STEPS = 20
 DEFAULT_ETA = 0.0
 DEFAULT_CHUNK = 65536
@@ -26,6 +29,8 @@ DEFAULT_CHUNK = 65536
 # pixel grid) are denoised in overlapping tiles so U-Net memory stays bounded.
 DEFAULT_TILE = 256
 DEFAULT_TILE_OVERLAP = 32
+MIN_TILE = 16      # out-of-memory halving stops here (latent cells)
+MIN_CHUNK = 1024   # ... and here (pixels per decode chunk)
 MAX_OUTPUT_PIXELS = 2 ** 31  # beyond this even a uint8 canvas is impractical on one machine
 
 
@@ -106,12 +111,24 @@ def denoise(model: ArbScaleModel, cond: torch.Tensor | None = None, latent_shape
     if tile < 1:
         raise ValueError(f"tile must be at least 1 latent cell, got {tile}")
 
+    current = {"tile": tile}
+
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         def tile_fn(x_tile: torch.Tensor, cond_tile: torch.Tensor | None) -> torch.Tensor:
             with _autocast(device, dtype):
                 return model.eps(x_tile, t, cond_tile)
 
-        return tiled_eps(tile_fn, x, cond, tile, min(tile_overlap, tile - 1))
+        while True:
+            size = current["tile"]
+            try:
+                return tiled_eps(tile_fn, x, cond, size, min(tile_overlap, size - 1))
+            except torch.cuda.OutOfMemoryError:
+                smaller = min(size, max(x.shape[-2:])) // 2
+                if smaller < MIN_TILE:
+                    raise
+                current["tile"] = smaller
+                log.warning("ArbScale: out of memory while denoising; retrying with %d-cell tiles", smaller)
+                _empty_cache(device)
 
     def x0_callback(i: int, n: int, x0: torch.Tensor) -> None:
         callback(i, n, model.from_diffusion(x0, cond))
@@ -122,14 +139,33 @@ def denoise(model: ArbScaleModel, cond: torch.Tensor | None = None, latent_shape
     return model.from_diffusion(x, cond)
 
 
+def _empty_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 @torch.no_grad()
 def decode_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int,
                  chunk: int = DEFAULT_CHUNK, dtype: torch.dtype | None = None, start_row: int = 0,
-                 ) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yield (y0, y1, rgb [B,3,y1-y0,width] in 0..1) bands of the decoded image from start_row on."""
-    for y0, y1, band in model.decode_bands(latent.to(next(model.parameters()).device), height, width,
-                                           chunk, dtype, start_row):
-        yield y0, y1, ((band + 1) / 2).clamp(0, 1)
+                 min_chunk: int = MIN_CHUNK) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield (y0, y1, rgb [B,3,y1-y0,width] in 0..1) bands of the decoded image from start_row on.
+    On out-of-memory the chunk halves (with a logged warning) down to ``min_chunk`` and decoding
+    resumes at the first row not yet yielded."""
+    device = next(model.parameters()).device
+    latent = latent.to(device)
+    done = start_row
+    while True:
+        try:
+            for y0, y1, band in model.decode_bands(latent, height, width, chunk, dtype, done):
+                yield y0, y1, ((band + 1) / 2).clamp(0, 1)
+                done = y1
+            return
+        except torch.cuda.OutOfMemoryError:
+            if chunk // 2 < min_chunk:
+                raise
+            chunk //= 2
+            log.warning("ArbScale: out of memory while decoding; retrying with chunk %d", chunk)
+            _empty_cache(device)
 
 
 def decode(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int, chunk: int = DEFAULT_CHUNK,

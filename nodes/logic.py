@@ -5,7 +5,6 @@ ComfyUI provides (progress bar, interrupt check) so the same code runs with or w
 """
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,6 @@ from arbscale_core.model import ArbScaleModel
 from arbscale_core.pipeline import (MAX_OUTPUT_PIXELS, decode_bands, denoise, encode_condition,
                                     check_scale, generation_latent_size, scaled_side)
 
-log = logging.getLogger("arbscale")
 MAX_SIDE = 65536  # widgets allow at most this; larger is surely a mistake
 
 
@@ -139,19 +137,8 @@ def run_decode(src: ArbLatent, height: int, width: int, chunk: int, hooks: Hooks
     if chunk < 1:
         raise ValueError(f"ArbScale: chunk must be positive, got {chunk}")
     out = torch.empty((src.latent.shape[0], height, width, 3), dtype=torch.float32)
-    done = 0
-    while True:
-        try:
-            for y0, y1, band in decode_bands(src.model, src.latent, height, width, chunk, dtype, start_row=done):
-                out[:, y0:y1] = bchw_to_image(band.float()).cpu()
-                done = y1
-                hooks.progress(done, height)
-                hooks.check_interrupt()
-            return out
-        except torch.cuda.OutOfMemoryError:
-            if chunk // 2 < min_chunk:
-                raise
-            chunk //= 2
-            log.warning("ArbScale: out of memory while decoding; retrying with chunk %d", chunk)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+    for y0, y1, band in decode_bands(src.model, src.latent, height, width, chunk, dtype, min_chunk=min_chunk):
+        out[:, y0:y1] = bchw_to_image(band.float()).cpu()
+        hooks.progress(y1, height)
+        hooks.check_interrupt()
+    return out

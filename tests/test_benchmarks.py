@@ -35,3 +35,14 @@ def test_memory_quick(tmp_path, sr_ckpt):
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "| 16² | x8 | 128x128 |" in res.stdout and "growth from 32x32 to 128x128" in res.stdout
+
+
+def test_latent_vs_pixel_quick():
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "latent_vs_pixel.py"), "--quick", "--threads", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [line for line in res.stdout.splitlines() if line.startswith("| 16² |")]
+    assert [r.split("|")[3].strip() for r in rows] == ["32²", "64²"]
+    for r in rows:
+        cells = [c.strip() for c in r.split("|")]
+        assert float(cells[4]) > 0 and float(cells[5]) > 0 and float(cells[6]) > 0  # times and ratio

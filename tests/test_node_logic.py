@@ -104,17 +104,17 @@ def test_interrupt_between_decode_bands(sr_model):
 def test_decode_halves_chunk_on_oom(sr_model, monkeypatch, caplog):
     den = logic.run_denoise(logic.encode_lr(sr_model, torch.rand(1, 8, 8, 3)), 1, 0.0, 0)
     reference = logic.run_decode(den, 80, 80, chunk=1600)
-    real = logic.decode_bands
+    real = sr_model.decode_bands
     chunks = []
 
-    def flaky(model, latent, h, w, chunk, dtype, start_row=0):
+    def flaky(latent, h, w, chunk, dtype, start_row=0):
         chunks.append((chunk, start_row))
-        for i, band in enumerate(real(model, latent, h, w, chunk, dtype, start_row)):
+        for i, band in enumerate(real(latent, h, w, chunk, dtype, start_row)):
             if chunk > 400 and i == 1:
                 raise torch.cuda.OutOfMemoryError("simulated")
             yield band
 
-    monkeypatch.setattr(logic, "decode_bands", flaky)
+    monkeypatch.setattr(sr_model, "decode_bands", flaky)
     out = logic.run_decode(den, 80, 80, chunk=1600, min_chunk=100)
     assert [c for c, _ in chunks] == [1600, 800, 400]
     assert chunks[1][1] > 0  # resumed after the rows already written

@@ -83,3 +83,22 @@ def test_tiled_upscale_close_to_untiled_shipped_model():
             for tile in (256, 36)]
     mse = float(((outs[0] - outs[1]) ** 2).mean())
     assert 10 * np.log10(1 / mse) > 30
+
+
+def test_denoise_halves_tile_on_oom(sr_model, monkeypatch, caplog):
+    """A (simulated) CUDA out-of-memory on a U-Net call larger than 20 cells halves the tile size
+    and redoes the step, with a warning; the result is the one a small tile gives directly."""
+    cond = torch.randn(1, sr_model.config.latent_channels, 40, 40)
+    original = sr_model.eps
+
+    def picky(x, t, c=None):
+        if max(x.shape[-2:]) > 20:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return original(x, t, c)
+
+    monkeypatch.setattr(sr_model, "eps", picky)
+    with caplog.at_level("WARNING", logger="arbscale"):
+        z = denoise(sr_model, cond, steps=2, tile=64, tile_overlap=8)
+    assert "retrying with 20-cell tiles" in caplog.text
+    monkeypatch.setattr(sr_model, "eps", original)
+    torch.testing.assert_close(z, denoise(sr_model, cond, steps=2, tile=20, tile_overlap=8))

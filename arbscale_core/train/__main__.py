@@ -30,6 +30,8 @@ def parse(argv: list[str] | None = None) -> TrainArgs:
                    help="LR downscale factors for the SR condition (min max)")
     p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset field (JSON value), e.g. --config unet_channels=32")
+    p.add_argument("--tune-decoder", action="store_true",
+                   help="align: also train the feature and implicit decoders (the paper keeps them frozen)")
     p.add_argument("--save-dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     ns = p.parse_args(argv)
     kwargs = {k: v for k, v in vars(ns).items()}

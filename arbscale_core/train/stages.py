@@ -138,7 +138,14 @@ class DiffusionLoss(StageLoss):
 
 class AlignLoss(DiffusionLoss):
     """Stage 3: l1 * L_dm + l2 * abar/(1-abar) * ||x0 - decode(z0_pred)||^2, decoding the predicted
-    latent through the frozen decoders at a random scale (gradients reach the U-Net through them)."""
+    latent through the frozen decoders at a random scale (gradients reach the U-Net through them).
+    With tune_decoder the decoders train too, on what the U-Net predicts rather than on true latents."""
+
+    def trainable(self):
+        parts = [self.model.unet]
+        if self.opts.get("tune_decoder"):
+            parts += [self.model.feature_decoder, self.model.implicit]
+        return parts
 
     def forward(self, images):
         m = self.model

@@ -56,6 +56,7 @@ class TrainArgs:
     lambda_dm: float = 1.0
     lambda_rec: float = 1.0
     x0_weight: float = 0.0
+    tune_decoder: bool = False  # align: also train the feature + implicit decoder (paper: frozen)
     threads: int | None = None
     save_dtype: str = "float32"
     config: dict = field(default_factory=dict)  # overrides of the preset's fields (stage 1)
@@ -112,7 +113,7 @@ class Trainer:
         self.model = build_model(args, self.data).to(self.device)
         opts = {"queries": args.queries, "lr_scale_range": tuple(args.lr_scale_range),
                 "snr_max": args.snr_max, "snr_min": args.snr_min, "lambda_dm": args.lambda_dm, "lambda_rec": args.lambda_rec,
-                "x0_weight": args.x0_weight}
+                "x0_weight": args.x0_weight, "tune_decoder": args.tune_decoder}
         if args.max_rel_scale:
             opts["max_rel_scale"] = args.max_rel_scale
         self.loss = LOSSES[args.stage](self.model, self.rank, self.world, **opts).to(self.device)
