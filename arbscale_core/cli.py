@@ -148,7 +148,7 @@ def _progress_bar(total: int, desc: str):
 
 def cmd_upscale(args) -> int:
     from .imageops import load_image
-    from .pipeline import denoise, encode_condition, output_size
+    from .pipeline import condition_anchor, denoise, encode_condition, output_size
 
     if (args.scale is None) == (args.size is None):
         raise UserError("give exactly one of --scale or --size")
@@ -174,15 +174,18 @@ def cmd_upscale(args) -> int:
     model, _, dtype = load(args.model, "sr", args.device, args.dtype)
     for p, img, (h, w), target in zip(inputs, images, sizes, targets):
         bar = _progress_bar(args.steps, f"{p.name}: denoise")
-        latent = denoise(model, encode_condition(model, img), steps=args.steps, eta=args.eta, seed=args.seed,
+        cond = encode_condition(model, img)
+        latent = denoise(model, cond, steps=args.steps, eta=args.eta, seed=args.seed,
                          dtype=dtype, callback=lambda i, n, x0: bar.update(1), tile=args.tile)
         bar.close()
-        _decode_to_file(model, latent, h, w, target, args.chunk, dtype, f"{p.name}: decode {w}x{h}")
+        _decode_to_file(model, latent, h, w, target, args.chunk, dtype, f"{p.name}: decode {w}x{h}",
+                        anchor=condition_anchor(model, img, cond))
         print(f"{p} -> {target} ({w}x{h})")
     return 0
 
 
-def _decode_to_file(model, latent, h: int, w: int, target: Path, chunk: int, dtype, desc: str) -> None:
+def _decode_to_file(model, latent, h: int, w: int, target: Path, chunk: int, dtype, desc: str,
+                    anchor=None) -> None:
     """Decode one latent [1,C,h,w] into ``target``: large PNGs stream row by row (memory: one band),
     everything else goes through a uint8 canvas."""
     from .imageops import STREAM_PIXELS, save_image, save_png_rows
@@ -196,10 +199,10 @@ def _decode_to_file(model, latent, h: int, w: int, target: Path, chunk: int, dty
 
     try:
         if target.suffix.lower() == ".png" and h * w > STREAM_PIXELS:
-            bands = decode_uint8_bands(model, latent, h, w, chunk, dtype, progress)
+            bands = decode_uint8_bands(model, latent, h, w, chunk, dtype, progress, anchor)
             save_png_rows(target, h, w, (band[0] for _, _, band in bands))
         else:
-            save_image(decode_uint8(model, latent, h, w, chunk, dtype, progress)[0], target)
+            save_image(decode_uint8(model, latent, h, w, chunk, dtype, progress, anchor)[0], target)
     except OSError as exc:
         raise UserError(f"cannot write {target}: {exc.strerror or exc}") from None
     finally:

@@ -63,6 +63,10 @@ class ModelConfig:
     # "direct": the U-Net outputs eps. "v_skip": eps = sqrt(abar)*F + sqrt(1-abar)*x_t, so the
     # U-Net F learns v (well conditioned at every noise level) while samplers still get eps.
     eps_param: str = "direct"
+    # Condition anchoring (SR only): add the autoencoder's own error on the condition image back in
+    # pixel space, out = decode(z) + resize(cond_image - decode(z_cond)), so a "no change" latent
+    # gives exactly the bicubic image and the networks only have to supply missing detail.
+    anchor: bool = False
 
     def __post_init__(self):
         if self.version != CONFIG_VERSION:

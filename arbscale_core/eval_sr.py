@@ -19,7 +19,7 @@ from PIL import Image
 from .evaluate import (BASELINES, baseline, high_frequency_ratio, hr_crop_for_scale, make_lr, psnr, psnr_y,
                        ssim)
 from .model import ArbScaleModel
-from .pipeline import decode_uint8, denoise, encode_condition
+from .pipeline import condition_anchor, decode_uint8, denoise, encode_condition
 
 MIN_LR_SIDE = 8
 METRICS = ("psnr_rgb", "psnr_y", "ssim_y", "lr_consistency_db", "scale_consistency_db", "hf_ratio", "diversity")
@@ -52,9 +52,12 @@ def diversity(samples: list[np.ndarray]) -> float:
     return float(np.mean([np.abs(a.astype(np.float64) - b.astype(np.float64)).mean() for a, b in pairs]))
 
 
-def ours_latent(model: ArbScaleModel, lr: np.ndarray, steps: int, eta: float, seed: int) -> torch.Tensor:
+def ours_latent(model: ArbScaleModel, lr: np.ndarray, steps: int, eta: float, seed: int,
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(denoised latent, anchor or None) for an LR uint8 [h,w,3]: decode both with decode_uint8."""
     x = torch.from_numpy(lr.copy()).permute(2, 0, 1)[None].float() / 255
-    return denoise(model, encode_condition(model, x), steps=steps, eta=eta, seed=seed)
+    cond = encode_condition(model, x)
+    return denoise(model, cond, steps=steps, eta=eta, seed=seed), condition_anchor(model, x, cond)
 
 
 def evaluate_image(model: ArbScaleModel, hr_full: np.ndarray, scale: float, opts: SREvalOptions):
@@ -78,9 +81,9 @@ def evaluate_image(model: ArbScaleModel, hr_full: np.ndarray, scale: float, opts
         outputs[method] = out
     samples = []
     for seed in range(opts.seeds):
-        latent = ours_latent(model, lr, opts.steps, opts.eta, seed)
-        out = decode_uint8(model, latent, h, w)[0]
-        out2x = decode_uint8(model, latent, 2 * h, 2 * w)[0]
+        latent, anchor = ours_latent(model, lr, opts.steps, opts.eta, seed)
+        out = decode_uint8(model, latent, h, w, anchor=anchor)[0]
+        out2x = decode_uint8(model, latent, 2 * h, 2 * w, anchor=anchor)[0]
         rows.append({"method": "ours", "seed": seed, **metrics(out, out2x)})
         samples.append(out)
         if seed == 0:

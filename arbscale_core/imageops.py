@@ -23,6 +23,13 @@ def resize(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.interpolate(images, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
 
 
+def resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """[n_out, n_in] matrix M with M @ v == resize() of v along one axis (resize is separable and
+    linear), so a band of rows of a resized image costs only that band: M[rows] @ img @ Mx.T."""
+    eye = torch.eye(n_in).view(1, 1, n_in, n_in)
+    return resize(eye, n_out, n_in)[0, 0]
+
+
 def load_image(path: str | os.PathLike) -> torch.Tensor:
     """Read an image file as RGB [1,3,H,W] float in 0..1. Raises ValueError naming the file."""
     path = Path(path)

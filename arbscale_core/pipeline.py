@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .diffusion import alphas_cumprod
-from .imageops import resize
+from .imageops import resize, resize_matrix
 from .model import ArbScaleModel
 from .sampler import Callback, sample_ddim
 from .tiling import tiled_eps
@@ -76,16 +76,30 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(int(seed))
 
 
-@torch.no_grad()
-def encode_condition(model: ArbScaleModel, image: torch.Tensor) -> torch.Tensor:
-    """LR image [B,3,h,w] in 0..1 -> condition latent (resized to the condition size, encoded)."""
+def _condition_image(model: ArbScaleModel, image: torch.Tensor) -> torch.Tensor:
+    """LR image [B,3,h,w] in 0..1 -> the condition image [B,3,ch,cw] in -1..1 (resized)."""
     if image.ndim != 4 or image.shape[1] != 3:
         raise ValueError(f"image must be [B,3,H,W], got {tuple(image.shape)}")
     device = next(model.parameters()).device
     ch, cw = model.condition_size(*image.shape[-2:])
-    x = image.to(device, torch.float32) * 2 - 1
-    x = resize(x, ch, cw).clamp(-1, 1)
-    return model.encode(x)
+    return resize(image.to(device, torch.float32) * 2 - 1, ch, cw).clamp(-1, 1)
+
+
+@torch.no_grad()
+def encode_condition(model: ArbScaleModel, image: torch.Tensor) -> torch.Tensor:
+    """LR image [B,3,h,w] in 0..1 -> condition latent (resized to the condition size, encoded)."""
+    return model.encode(_condition_image(model, image))
+
+
+@torch.no_grad()
+def condition_anchor(model: ArbScaleModel, image: torch.Tensor, cond: torch.Tensor) -> torch.Tensor | None:
+    """For SR models with ``config.anchor``: the autoencoder's error on the condition image,
+    cond_image - decode(cond), [B,3,ch,cw] in -1..1 units, which decoding adds back (resized to the
+    output); None for other models. Its size is the condition's, whatever the output size."""
+    if not model.config.anchor:
+        return None
+    cond_image = _condition_image(model, image)
+    return cond_image - model.decode(cond.to(cond_image.device), *cond_image.shape[-2:])
 
 
 @torch.no_grad()
@@ -147,16 +161,24 @@ def _empty_cache(device: torch.device) -> None:
 @torch.no_grad()
 def decode_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int,
                  chunk: int = DEFAULT_CHUNK, dtype: torch.dtype | None = None, start_row: int = 0,
-                 min_chunk: int = MIN_CHUNK) -> Iterator[tuple[int, int, torch.Tensor]]:
+                 min_chunk: int = MIN_CHUNK, anchor: torch.Tensor | None = None,
+                 ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Yield (y0, y1, rgb [B,3,y1-y0,width] in 0..1) bands of the decoded image from start_row on.
+    ``anchor`` (from ``condition_anchor``) is resized to the output band by band and added.
     On out-of-memory the chunk halves (with a logged warning) down to ``min_chunk`` and decoding
     resumes at the first row not yet yielded."""
     device = next(model.parameters()).device
     latent = latent.to(device)
+    if anchor is not None:
+        anchor = anchor.to(device, torch.float32)
+        rows_m = resize_matrix(anchor.shape[-2], height).to(device)        # [height, ch]
+        cols_mt = resize_matrix(anchor.shape[-1], width).to(device).T      # [cw, width]
     done = start_row
     while True:
         try:
             for y0, y1, band in model.decode_bands(latent, height, width, chunk, dtype, done):
+                if anchor is not None:
+                    band = band.float() + rows_m[y0:y1] @ anchor @ cols_mt
                 yield y0, y1, ((band + 1) / 2).clamp(0, 1)
                 done = y1
             return
@@ -169,10 +191,11 @@ def decode_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width:
 
 
 def decode(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int, chunk: int = DEFAULT_CHUNK,
-           dtype: torch.dtype | None = None, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+           dtype: torch.dtype | None = None, progress: Callable[[int, int], None] | None = None,
+           anchor: torch.Tensor | None = None) -> torch.Tensor:
     """Decode a latent at any size: [B,3,height,width] float in 0..1 (assembled in memory)."""
     bands = []
-    for _, y1, band in decode_bands(model, latent, height, width, chunk, dtype):
+    for _, y1, band in decode_bands(model, latent, height, width, chunk, dtype, anchor=anchor):
         bands.append(band.cpu())
         if progress:
             progress(y1, height)
@@ -182,9 +205,9 @@ def decode(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int, 
 def decode_uint8_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int,
                        chunk: int = DEFAULT_CHUNK, dtype: torch.dtype | None = None,
                        progress: Callable[[int, int], None] | None = None,
-                       ) -> Iterator[tuple[int, int, np.ndarray]]:
+                       anchor: torch.Tensor | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
     """Yield (y0, y1, uint8 [B,y1-y0,width,3]) bands top to bottom: what a streaming writer takes."""
-    for y0, y1, band in decode_bands(model, latent, height, width, chunk, dtype):
+    for y0, y1, band in decode_bands(model, latent, height, width, chunk, dtype, anchor=anchor):
         yield y0, y1, (band * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         if progress:
             progress(y1, height)
@@ -192,10 +215,11 @@ def decode_uint8_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, 
 
 def decode_uint8(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int,
                  chunk: int = DEFAULT_CHUNK, dtype: torch.dtype | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                 progress: Callable[[int, int], None] | None = None,
+                 anchor: torch.Tensor | None = None) -> np.ndarray:
     """Decode straight into a uint8 canvas [B,height,width,3], band by band (no full float image)."""
     canvas = np.empty((latent.shape[0], height, width, 3), dtype=np.uint8)
-    for y0, y1, band in decode_uint8_bands(model, latent, height, width, chunk, dtype, progress):
+    for y0, y1, band in decode_uint8_bands(model, latent, height, width, chunk, dtype, progress, anchor):
         canvas[:, y0:y1] = band
     return canvas
 
@@ -205,9 +229,9 @@ def upscale_tensor(model: ArbScaleModel, image: torch.Tensor, height: int, width
                    chunk: int = DEFAULT_CHUNK, dtype: torch.dtype | None = None,
                    callback: Callback | None = None) -> torch.Tensor:
     """image [B,3,h,w] in 0..1 -> [B,3,height,width] in 0..1."""
-    latent = denoise(model, encode_condition(model, image), steps=steps, eta=eta, seed=seed,
-                     dtype=dtype, callback=callback)
-    return decode(model, latent, height, width, chunk, dtype)
+    cond = encode_condition(model, image)
+    latent = denoise(model, cond, steps=steps, eta=eta, seed=seed, dtype=dtype, callback=callback)
+    return decode(model, latent, height, width, chunk, dtype, anchor=condition_anchor(model, image, cond))
 
 
 def upscale(model: ArbScaleModel, image: torch.Tensor, scale: float | None = None,

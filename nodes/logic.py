@@ -14,7 +14,7 @@ import torch
 
 from arbscale_core.checkpoint import CheckpointError, load_model
 from arbscale_core.model import ArbScaleModel
-from arbscale_core.pipeline import (MAX_OUTPUT_PIXELS, decode_bands, denoise, encode_condition,
+from arbscale_core.pipeline import (MAX_OUTPUT_PIXELS, condition_anchor, decode_bands, denoise, encode_condition,
                                     check_scale, generation_latent_size, scaled_side)
 
 MAX_SIDE = 65536  # widgets allow at most this; larger is surely a mistake
@@ -32,12 +32,14 @@ class ArbLatent:
     """What travels on an ARBSCALE_LATENT socket.
 
     latent: [B,C,h,w] (scaled) once denoised, else None; cond: the SR condition latent or None;
+    anchor: the condition's autoencoder error [B,3,ch,cw] for anchored SR models, else None;
     source_hw: the LR image's (H, W) for SR, or the requested output (H, W) for generation, so a
     scale has something to multiply.
     """
     model: ArbScaleModel
     source_hw: tuple[int, int]
     cond: torch.Tensor | None = None
+    anchor: torch.Tensor | None = None
     latent: torch.Tensor | None = None
     latent_shape: tuple[int, ...] | None = None
     info: dict = field(default_factory=dict)
@@ -66,7 +68,8 @@ def encode_lr(model: ArbScaleModel, image: torch.Tensor) -> ArbLatent:
     x = image_to_bchw(image)
     with torch.no_grad():
         cond = encode_condition(model, x)
-    return ArbLatent(model=model, source_hw=tuple(x.shape[-2:]), cond=cond)
+    return ArbLatent(model=model, source_hw=tuple(x.shape[-2:]), cond=cond,
+                     anchor=condition_anchor(model, x, cond))
 
 
 def empty_latent(model: ArbScaleModel, width: int, height: int, batch: int) -> ArbLatent:
@@ -95,7 +98,7 @@ def run_denoise(src: ArbLatent, steps: int, eta: float, seed: int, hooks: Hooks 
     hooks.check_interrupt()
     latent = denoise(src.model, src.cond, src.latent_shape, steps=steps, eta=eta, seed=seed, dtype=dtype,
                      callback=callback)
-    return ArbLatent(model=src.model, source_hw=src.source_hw, cond=src.cond, latent=latent,
+    return ArbLatent(model=src.model, source_hw=src.source_hw, cond=src.cond, anchor=src.anchor, latent=latent,
                      latent_shape=tuple(latent.shape), info={"steps": steps, "eta": eta, "seed": seed})
 
 
@@ -137,7 +140,8 @@ def run_decode(src: ArbLatent, height: int, width: int, chunk: int, hooks: Hooks
     if chunk < 1:
         raise ValueError(f"ArbScale: chunk must be positive, got {chunk}")
     out = torch.empty((src.latent.shape[0], height, width, 3), dtype=torch.float32)
-    for y0, y1, band in decode_bands(src.model, src.latent, height, width, chunk, dtype, min_chunk=min_chunk):
+    for y0, y1, band in decode_bands(src.model, src.latent, height, width, chunk, dtype, min_chunk=min_chunk,
+                                     anchor=src.anchor):
         out[:, y0:y1] = bchw_to_image(band.float()).cpu()
         hooks.progress(y1, height)
         hooks.check_interrupt()

@@ -120,3 +120,38 @@ def test_v_skip_model_upscales():
     model = micro_model("sr", eps_param="v_skip", residual=True, residual_scale=2.0)
     out = upscale(model, torch.rand(1, 3, 6, 9), scale=2.5, steps=3)
     assert out.shape == (1, 3, 15, 23) and torch.isfinite(out).all()
+
+
+def test_anchor_makes_unchanged_latent_reproduce_condition_image(sr_model):
+    """An anchored model decoding the condition latent itself at the condition size returns the
+    condition image (the bicubic-resized LR) exactly: the autoencoder's error is added back."""
+    from arbscale_core.imageops import resize
+    from arbscale_core.model import ArbScaleModel
+    from arbscale_core.pipeline import condition_anchor
+
+    assert condition_anchor(sr_model, torch.rand(1, 3, 6, 5), torch.zeros(1, 4, 6, 5)) is None
+    model = ArbScaleModel(sr_model.config.replace(anchor=True)).eval()
+    model.load_state_dict(sr_model.state_dict())
+    lr = torch.rand(2, 3, 7, 9)
+    cond = encode_condition(model, lr)
+    anchor = condition_anchor(model, lr, cond)
+    ch, cw = model.condition_size(7, 9)
+    assert anchor.shape == (2, 3, ch, cw)
+    expected = ((resize(lr * 2 - 1, ch, cw).clamp(-1, 1) + 1) / 2).clamp(0, 1)
+    torch.testing.assert_close(decode(model, cond, ch, cw, anchor=anchor), expected, atol=1e-5, rtol=0)
+    # without the anchor the (random) autoencoder is far off
+    assert (decode(model, cond, ch, cw) - expected).abs().mean() > 0.05
+
+
+def test_anchor_bands_equal_whole_resize(sr_model):
+    """Banded decoding adds exactly resize(anchor) to each band, at any output size."""
+    from arbscale_core.imageops import resize
+
+    latent = torch.randn(1, 4, 5, 6)
+    anchor = torch.randn(1, 3, 20, 24) * 0.1
+    for h, w in [(37, 29), (12, 50)]:
+        with torch.no_grad():
+            plain = sr_model.decode(latent, h, w)  # -1..1, unclamped
+        banded = decode(sr_model, latent, h, w, chunk=w * 3, anchor=anchor)
+        expected = ((plain + resize(anchor, h, w) + 1) / 2).clamp(0, 1)
+        torch.testing.assert_close(banded, expected, atol=1e-5, rtol=0)

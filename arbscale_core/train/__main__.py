@@ -32,6 +32,8 @@ def parse(argv: list[str] | None = None) -> TrainArgs:
                    help="override a preset field (JSON value), e.g. --config unet_channels=32")
     p.add_argument("--tune-decoder", action="store_true",
                    help="align: also train the feature and implicit decoders (the paper keeps them frozen)")
+    p.add_argument("--anchor", action="store_true",
+                   help="SR: decode adds back the autoencoder's error on the condition image (config anchor)")
     p.add_argument("--save-dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     ns = p.parse_args(argv)
     kwargs = {k: v for k, v in vars(ns).items()}

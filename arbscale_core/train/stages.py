@@ -35,10 +35,11 @@ class StageLoss(nn.Module):
 
 
 def sample_targets(images: torch.Tensor, latent_hw: tuple[int, int], gen: torch.Generator,
-                   max_rel_scale: float, queries: int):
+                   max_rel_scale: float, queries: int, extra: torch.Tensor | None = None):
     """Pick a random output scale r in [1, max_rel_scale] relative to the latent grid (half the
     time the native one, where most outputs are judged), resize the HR crops to that size, and pick
-    random rows and columns of it. Returns (ys, xs positions in cell units, cell, target [B,3,n,m])."""
+    random rows and columns of it. Returns (ys, xs positions in cell units, cell, target [B,3,n,m]),
+    plus ``extra`` (e.g. the anchor [B,3,P,P]) resized and sampled the same way when given."""
     h, w = latent_hw
     p = images.shape[-1]
     native = p / w
@@ -53,7 +54,10 @@ def sample_targets(images: torch.Tensor, latent_hw: tuple[int, int], gen: torch.
     ys = make_coord(out_h, h)[rows]
     xs = make_coord(out_w, w)[cols]
     target = target[:, :, rows][:, :, :, cols]
-    return ys.to(images.device), xs.to(images.device), (h / out_h, w / out_w), target
+    ys, xs, cell = ys.to(images.device), xs.to(images.device), (h / out_h, w / out_w)
+    if extra is None:
+        return ys, xs, cell, target
+    return ys, xs, cell, target, resize(extra, out_h, out_w)[:, :, rows][:, :, :, cols]
 
 
 class AutoencoderLoss(StageLoss):
@@ -73,15 +77,20 @@ class AutoencoderLoss(StageLoss):
         return loss, {"l1": loss.detach()}
 
 
-def make_condition(model: ArbScaleModel, images: torch.Tensor, lr_scale: torch.Tensor) -> torch.Tensor:
-    """The SR condition latent: each HR crop downscaled by its factor, resized back, encoded."""
+def condition_images(images: torch.Tensor, lr_scale: torch.Tensor) -> torch.Tensor:
+    """The SR condition images: each HR crop downscaled by its factor and resized back."""
     p = images.shape[-1]
     conds = []
     for img, s in zip(images, lr_scale.tolist()):
         lr_side = max(1, round(p / s))
         lr = resize(img[None], lr_side, lr_side)
         conds.append(resize(lr, p, p))
-    return model.encode(torch.cat(conds).clamp(-1, 1))
+    return torch.cat(conds).clamp(-1, 1)
+
+
+def make_condition(model: ArbScaleModel, images: torch.Tensor, lr_scale: torch.Tensor) -> torch.Tensor:
+    """The SR condition latent: the encoded ``condition_images``."""
+    return model.encode(condition_images(images, lr_scale))
 
 
 class DiffusionLoss(StageLoss):
@@ -103,18 +112,20 @@ class DiffusionLoss(StageLoss):
         return self.local(t), self.local(noise), self.local(lr_scale)
 
     def diffusion_terms(self, images):
+        """((z0, cond, x_t, t, noise, eps), condition images or None)."""
         m = self.model
         with torch.no_grad():
             z0 = m.encode(images)
         t, noise, lr_scale = self.draw(images.shape[0] * self.world, z0.shape[1:])
         t, noise = t.to(z0.device), noise.to(z0.device)
-        cond = None
+        cond = cond_images = None
         if m.config.task == "sr":
             with torch.no_grad():
-                cond = make_condition(m, images, lr_scale)
+                cond_images = condition_images(images, lr_scale)
+                cond = m.encode(cond_images)
         x_t = q_sample(m.to_diffusion(z0, cond), t, noise, self.abar)
         eps = m.eps(x_t, t, cond)
-        return z0, cond, x_t, t, noise, eps
+        return (z0, cond, x_t, t, noise, eps), cond_images
 
     def dm_loss(self, z0, cond, x_t, t, noise, eps):
         """eps-MSE, plus (x0_weight > 0) the MSE of the implied x0 in diffusion space. The x0 term
@@ -132,7 +143,7 @@ class DiffusionLoss(StageLoss):
         return loss, logs
 
     def forward(self, images):
-        loss, logs = self.dm_loss(*self.diffusion_terms(images))
+        loss, logs = self.dm_loss(*self.diffusion_terms(images)[0])
         return loss, {"dm": loss.detach(), **logs}
 
 
@@ -149,13 +160,21 @@ class AlignLoss(DiffusionLoss):
 
     def forward(self, images):
         m = self.model
-        z0, cond, x_t, t, noise, eps = self.diffusion_terms(images)
+        (z0, cond, x_t, t, noise, eps), cond_images = self.diffusion_terms(images)
         l_dm, dm_logs = self.dm_loss(z0, cond, x_t, t, noise, eps)
         z0_pred = m.from_diffusion(predict_x0(x_t, t, eps, self.abar), cond)
-        ys, xs, cell, target = sample_targets(images, z0.shape[-2:], self.gen,
-                                              self.opts.get("max_rel_scale", m.config.downsample),
-                                              self.opts.get("queries", 48))
+        # With config.anchor the output is decode(z) + resize(cond_image - decode(z_cond)), as at
+        # inference (pipeline.condition_anchor); the anchor keeps its gradient when the decoder trains.
+        anchor = None
+        if m.config.anchor and cond is not None:
+            anchor = cond_images - m.decode(cond, *cond_images.shape[-2:])
+        sampled = sample_targets(images, z0.shape[-2:], self.gen,
+                                 self.opts.get("max_rel_scale", m.config.downsample),
+                                 self.opts.get("queries", 48), extra=anchor)
+        ys, xs, cell, target = sampled[:4]
         pred = m.implicit.query(m.first_layer_map(z0_pred), ys, xs, cell)
+        if anchor is not None:
+            pred = pred + sampled[4]
         weight = snr(t, self.abar)
         # The paper's weight vanishes at high noise (abar/(1-abar) ~ 0.005 at t = 999), exactly
         # where few-step sampling takes its estimate; snr_min keeps the pixel loss alive there.

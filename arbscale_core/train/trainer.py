@@ -57,6 +57,7 @@ class TrainArgs:
     lambda_rec: float = 1.0
     x0_weight: float = 0.0
     tune_decoder: bool = False  # align: also train the feature + implicit decoder (paper: frozen)
+    anchor: bool = False        # SR: set config.anchor (decode adds back the condition's AE error)
     threads: int | None = None
     save_dtype: str = "float32"
     config: dict = field(default_factory=dict)  # overrides of the preset's fields (stage 1)
@@ -83,12 +84,15 @@ def build_model(args: TrainArgs, images: ImageSet | None = None) -> ArbScaleMode
         return ArbScaleModel(preset(args.preset, args.task).replace(**args.config))
     init = load_model(args.init)
     if init.config.task == args.task and args.stage == "align":
+        if args.anchor:
+            init.config = init.config.replace(anchor=True)
         return init.train()
     # Stage 2: the stage-1 autoencoder with a fresh U-Net for the task.
     target = preset(args.preset, args.task)
     residual = args.config.get("residual", target.residual)
     cfg = init.config.replace(task=args.task, residual=residual and args.task == "sr",
-                              eps_param=args.config.get("eps_param", target.eps_param))
+                              eps_param=args.config.get("eps_param", target.eps_param),
+                              anchor=args.anchor and args.task == "sr")
     if cfg.residual and images is not None:
         crops = images.random_crops(64, args.crop, torch.Generator().manual_seed(4321))
         cfg = cfg.replace(residual_scale=measure_residual_scale(init, crops, args.lr_scale_range))
