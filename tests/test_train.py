@@ -163,3 +163,24 @@ def test_x0_term_adds_to_eps_loss(tmp_path, image_dirs):
         loss, logs = trainer.loss(crops)
     assert float(logs["x0"]) > 0
     assert float(loss) == pytest.approx(float(logs["eps"]) + 0.5 * float(logs["x0"]), rel=1e-5)
+
+
+def test_anchored_align_tunes_decoder_and_ships_anchor(tmp_path, image_dirs):
+    """--anchor --tune-decoder: the saved model is anchored and its implicit decoder was trained."""
+    ae = train(args_for("autoencoder", tmp_path / "ae", image_dirs, steps=1))
+    sr = train(args_for("diffusion", tmp_path / "sr", image_dirs, init=str(ae), steps=1))
+    al = train(args_for("align", tmp_path / "al", image_dirs, init=str(sr), anchor=True, tune_decoder=True,
+                        snr_min=1.0, t_max_frac=0.5, rec_min_t=999, steps=2, val=str(image_dirs / "val")))
+    before, after = load_model(sr), load_model(al)
+    assert after.config.anchor and not before.config.anchor
+    changed = sum(float((a - b).abs().sum()) for a, b in zip(after.implicit.parameters(), before.implicit.parameters()))
+    assert changed > 0
+    assert "val_sr_x4_psnr" in (tmp_path / "al" / "log.csv").read_text()
+
+
+def test_t_max_frac_draws_last_timestep(tmp_path, image_dirs):
+    ae = train(args_for("autoencoder", tmp_path / "ae", image_dirs, steps=1))
+    trainer = Trainer(args_for("diffusion", tmp_path / "sr", image_dirs, init=str(ae), t_max_frac=0.5))
+    t, _, _ = trainer.loss.draw(4000, (4, 2, 2))
+    share = float((t == trainer.model.config.train_timesteps - 1).float().mean())
+    assert 0.45 < share < 0.55

@@ -105,7 +105,12 @@ class DiffusionLoss(StageLoss):
 
     def draw(self, n_global: int, latent_shape):
         g = self.gen
-        t = torch.randint(self.model.config.train_timesteps, (n_global,), generator=g)
+        t_max = self.model.config.train_timesteps - 1
+        t = torch.randint(t_max + 1, (n_global,), generator=g)
+        frac = self.opts.get("t_max_frac")
+        if frac:
+            # the last timestep is where few-step sampling makes its first (1-step: only) estimate
+            t = torch.where(torch.rand(n_global, generator=g) < frac, t_max, t)
         noise = torch.randn((n_global, *latent_shape), generator=g)
         lo, hi = self.opts.get("lr_scale_range", (3.0, 5.0))
         lr_scale = lo + (hi - lo) * torch.rand(n_global, generator=g)
@@ -163,26 +168,41 @@ class AlignLoss(DiffusionLoss):
         (z0, cond, x_t, t, noise, eps), cond_images = self.diffusion_terms(images)
         l_dm, dm_logs = self.dm_loss(z0, cond, x_t, t, noise, eps)
         z0_pred = m.from_diffusion(predict_x0(x_t, t, eps, self.abar), cond)
-        # With config.anchor the output is decode(z) + resize(cond_image - decode(z_cond)), as at
-        # inference (pipeline.condition_anchor); the anchor keeps its gradient when the decoder trains.
-        anchor = None
-        if m.config.anchor and cond is not None:
-            anchor = cond_images - m.decode(cond, *cond_images.shape[-2:])
-        sampled = sample_targets(images, z0.shape[-2:], self.gen,
-                                 self.opts.get("max_rel_scale", m.config.downsample),
-                                 self.opts.get("queries", 48), extra=anchor)
-        ys, xs, cell, target = sampled[:4]
-        pred = m.implicit.query(m.first_layer_map(z0_pred), ys, xs, cell)
-        if anchor is not None:
-            pred = pred + sampled[4]
         weight = snr(t, self.abar)
         # The paper's weight vanishes at high noise (abar/(1-abar) ~ 0.005 at t = 999), exactly
         # where few-step sampling takes its estimate; snr_min keeps the pixel loss alive there.
         snr_min, snr_max = self.opts.get("snr_min"), self.opts.get("snr_max")
         if snr_min or snr_max:
             weight = weight.clamp(min=snr_min or None, max=snr_max or None)
-        per_sample = (pred - target).pow(2).mean(dim=(1, 2, 3))
-        l_rec = (weight * per_sample).mean()
+        # rec_min_t: pixel loss only where the prediction is a few-step estimate (an anchored
+        # decoder learns the condition's correction, which does not fit near-clean latents). Only
+        # those samples are decoded; with none, all are, at weight 0, so every rank has a graph.
+        keep = torch.arange(len(t), device=t.device)
+        rec_min_t = self.opts.get("rec_min_t")
+        if rec_min_t:
+            selected = (t >= rec_min_t).nonzero().flatten()
+            if len(selected):
+                keep = selected
+            else:
+                weight = weight * 0
+        # With config.anchor the output is decode(z) + resize(cond_image - decode(z_cond)), as at
+        # inference (pipeline.condition_anchor). The anchor is a constant here (no gradient through
+        # its decode: half the decoder cost; the decoder still trains through decode(z)).
+        anchor = None
+        if m.config.anchor and cond is not None:
+            with torch.no_grad():
+                anchor = cond_images[keep] - m.decode(cond[keep], *cond_images.shape[-2:])
+        # targets are drawn for the whole batch (the shared generator advances the same way); the
+        # anchor of the kept samples is resized and sampled at the same positions
+        sampled = sample_targets(images, z0.shape[-2:], self.gen,
+                                 self.opts.get("max_rel_scale", m.config.downsample),
+                                 self.opts.get("queries", 48), extra=anchor)
+        ys, xs, cell, target = sampled[:4]
+        pred = m.implicit.query(m.first_layer_map(z0_pred[keep]), ys, xs, cell)
+        if anchor is not None:
+            pred = pred + sampled[4]
+        per_sample = (pred - target[keep]).pow(2).mean(dim=(1, 2, 3))
+        l_rec = (weight[keep] * per_sample).sum() / len(t)
         loss = self.opts.get("lambda_dm", 1.0) * l_dm + self.opts.get("lambda_rec", 1.0) * l_rec
         return loss, {"dm": l_dm.detach(), "rec": l_rec.detach(), **dm_logs}
 

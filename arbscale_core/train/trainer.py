@@ -53,6 +53,8 @@ class TrainArgs:
     lr_scale_range: tuple[float, float] = (3.0, 5.0)
     snr_max: float | None = None
     snr_min: float | None = None
+    t_max_frac: float = 0.0      # share of samples drawn at the last timestep
+    rec_min_t: int = 0           # align: pixel loss only for samples with t >= this
     lambda_dm: float = 1.0
     lambda_rec: float = 1.0
     x0_weight: float = 0.0
@@ -116,7 +118,8 @@ class Trainer:
         self.data = ImageSet(args.data, args.crop, args.image_limit)
         self.model = build_model(args, self.data).to(self.device)
         opts = {"queries": args.queries, "lr_scale_range": tuple(args.lr_scale_range),
-                "snr_max": args.snr_max, "snr_min": args.snr_min, "lambda_dm": args.lambda_dm, "lambda_rec": args.lambda_rec,
+                "snr_max": args.snr_max, "snr_min": args.snr_min, "t_max_frac": args.t_max_frac,
+                "rec_min_t": args.rec_min_t, "lambda_dm": args.lambda_dm, "lambda_rec": args.lambda_rec,
                 "x0_weight": args.x0_weight, "tune_decoder": args.tune_decoder}
         if args.max_rel_scale:
             opts["max_rel_scale"] = args.max_rel_scale
