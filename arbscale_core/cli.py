@@ -51,10 +51,17 @@ def _positive_int(name: str, value: int) -> int:
 
 def check_sampling(args) -> None:
     """--steps, --eta and --chunk, shared by every command that samples."""
-    _positive_int("--steps", args.steps)
+    if args.steps is not None:
+        _positive_int("--steps", args.steps)
     _positive_int("--chunk", args.chunk)
     if not math.isfinite(args.eta) or args.eta < 0:
         raise UserError(f"--eta must be a finite number >= 0, got {args.eta}")
+
+
+def _steps(args, model) -> int:
+    from .pipeline import default_steps
+
+    return default_steps(model) if args.steps is None else args.steps
 
 
 def resolve_model_path(arg: str | None, task: str) -> Path:
@@ -172,6 +179,7 @@ def cmd_upscale(args) -> int:
         except ValueError as exc:
             raise UserError(f"{p}: {exc}") from None
     model, _, dtype = load(args.model, "sr", args.device, args.dtype)
+    args.steps = _steps(args, model)
     for p, img, (h, w), target in zip(inputs, images, sizes, targets):
         bar = _progress_bar(args.steps, f"{p.name}: denoise")
         cond = encode_condition(model, img)
@@ -226,6 +234,7 @@ def cmd_generate(args) -> int:
         targets = [out] if n == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(n)]
     check_writable(targets)
     model, _, dtype = load(args.model, "gen", args.device, args.dtype)
+    args.steps = _steps(args, model)
     lh, lw = generation_latent_size(model, h, w)
     bar = _progress_bar(args.steps, "denoise")
     latent = denoise(model, latent_shape=(n, model.config.latent_channels, lh, lw), steps=args.steps,
@@ -294,6 +303,7 @@ def cmd_eval(args) -> int:
         raise UserError(f"no images in {hr_dir}")
     out = _report_dir(args.output)
     model, _, _ = load(args.model, "sr", args.device)
+    args.steps = _steps(args, model)
     opts = eval_sr.SREvalOptions(scales=tuple(scales), steps=args.steps, eta=args.eta, seeds=args.seeds,
                                  max_side=args.max_side, limit=args.limit)
     from tqdm import tqdm
@@ -348,6 +358,7 @@ def cmd_eval_gen(args) -> int:
     check_sampling(args)
     out = _report_dir(args.output)
     model, _, _ = load(args.model, "gen", args.device)
+    args.steps = _steps(args, model)
     from tqdm import tqdm
 
     with tqdm(total=args.samples, desc="eval-gen", file=sys.stderr, disable=None) as bar:
@@ -371,13 +382,19 @@ def cmd_eval_gen(args) -> int:
     return 0
 
 
+def _default_steps_text() -> str:
+    from .pipeline import DEFAULT_STEPS
+
+    return f"{DEFAULT_STEPS['sr']} for SR, {DEFAULT_STEPS['gen']} for generation"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="arbscale", description="Arbitrary-scale super-resolution and generation "
                                              "(latent diffusion + implicit neural decoder).")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def common(sp, task):
-        sp.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
+        sp.add_argument("--steps", type=int, help=f"DDIM steps (default {_default_steps_text()})")
         sp.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like")
         sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--chunk", type=int, default=65536, help="pixels decoded at a time (memory)")

@@ -22,7 +22,9 @@ from .tiling import tiled_eps
 
 log = logging.getLogger("arbscale")
 
-DEFAULT_STEPS = 20
+# Default DDIM steps per task (see the model card: the aligned SR model is most faithful at 1 step;
+# generation needs the full trajectory).
+DEFAULT_STEPS = {"sr": 20, "gen": 20}
 DEFAULT_ETA = 0.0
 DEFAULT_CHUNK = 65536
 # Latents with a side over DEFAULT_TILE cells (LR inputs over 256 px: the latent has the LR's
@@ -67,6 +69,10 @@ def output_size(lr_height: int, lr_width: int, scale: float | None = None,
     return height, width
 
 
+def default_steps(model: ArbScaleModel) -> int:
+    return DEFAULT_STEPS[model.config.task]
+
+
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
 
@@ -104,10 +110,11 @@ def condition_anchor(model: ArbScaleModel, image: torch.Tensor, cond: torch.Tens
 
 @torch.no_grad()
 def denoise(model: ArbScaleModel, cond: torch.Tensor | None = None, latent_shape: tuple[int, ...] | None = None,
-            steps: int = DEFAULT_STEPS, eta: float = DEFAULT_ETA, seed: int = 0,
+            steps: int | None = None, eta: float = DEFAULT_ETA, seed: int = 0,
             dtype: torch.dtype | None = None, callback: Callback | None = None,
             tile: int = DEFAULT_TILE, tile_overlap: int = DEFAULT_TILE_OVERLAP) -> torch.Tensor:
     """DDIM in latent space. SR: ``cond`` [B,C,h,w]; generation: ``latent_shape`` (B,C,h,w).
+    ``steps`` None: the task's default (``DEFAULT_STEPS``).
     Latents larger than ``tile`` cells on a side are denoised in blended overlapping tiles.
     Returns the denoised (scaled) latent [B,C,h,w] float32."""
     device = next(model.parameters()).device
@@ -119,6 +126,7 @@ def denoise(model: ArbScaleModel, cond: torch.Tensor | None = None, latent_shape
         if latent_shape is None:
             raise ValueError("a generation model needs a latent shape")
         shape = tuple(latent_shape)
+    steps = default_steps(model) if steps is None else steps
     gen = _generator(seed)
     noise = torch.randn(shape, generator=gen).to(device)
 
@@ -225,7 +233,7 @@ def decode_uint8(model: ArbScaleModel, latent: torch.Tensor, height: int, width:
 
 
 def upscale_tensor(model: ArbScaleModel, image: torch.Tensor, height: int, width: int,
-                   steps: int = DEFAULT_STEPS, eta: float = DEFAULT_ETA, seed: int = 0,
+                   steps: int | None = None, eta: float = DEFAULT_ETA, seed: int = 0,
                    chunk: int = DEFAULT_CHUNK, dtype: torch.dtype | None = None,
                    callback: Callback | None = None) -> torch.Tensor:
     """image [B,3,h,w] in 0..1 -> [B,3,height,width] in 0..1."""
@@ -253,7 +261,7 @@ def generation_latent_size(model: ArbScaleModel, height: int, width: int, max_si
 
 
 def generate(model: ArbScaleModel, size: tuple[int, int], n: int = 1, seed: int = 0,
-             steps: int = DEFAULT_STEPS, eta: float = DEFAULT_ETA, chunk: int = DEFAULT_CHUNK,
+             steps: int | None = None, eta: float = DEFAULT_ETA, chunk: int = DEFAULT_CHUNK,
              dtype: torch.dtype | None = None, latent_size: tuple[int, int] | None = None,
              callback: Callback | None = None) -> torch.Tensor:
     """Noise -> DDIM -> decode at size = (width, height): [n,3,height,width] in 0..1."""

@@ -10,6 +10,7 @@ import torch
 from comfy_api.latest import ComfyExtension, io
 
 from arbscale_core.cli import DEFAULT_MODELS
+from arbscale_core.pipeline import DEFAULT_STEPS, default_steps
 
 from . import logic
 
@@ -75,7 +76,9 @@ WIDTH = dict(default=0, min=0, max=logic.MAX_SIDE, step=1, tooltip="0 = from sca
 HEIGHT = dict(default=0, min=0, max=logic.MAX_SIDE, step=1, tooltip="0 = from scale (or from width, keeping aspect)")
 def sampling_inputs() -> list:
     """steps, eta, seed: the same widgets on Latent Denoise and Upscale."""
-    return [io.Int.Input("steps", default=20, min=1, max=1000),
+    return [io.Int.Input("steps", default=0, min=0, max=1000,
+                         tooltip=f"DDIM steps; 0 = the model's default ({DEFAULT_STEPS['sr']} for SR, "
+                                 f"{DEFAULT_STEPS['gen']} for generation)"),
             io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.01),
             io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True)]
 
@@ -140,6 +143,7 @@ class ArbScaleLatentDenoise(io.ComfyNode):
     @classmethod
     def execute(cls, latent, steps, eta, seed) -> io.NodeOutput:
         model, device = _on_device(latent.model)
+        steps = steps or default_steps(model)
         try:
             out = logic.run_denoise(latent, steps, eta, seed, _Progress(steps).hooks(), autocast_dtype(device))
         finally:
@@ -184,6 +188,7 @@ class ArbScaleUpscale(io.ComfyNode):
         source_hw = (image.shape[1], image.shape[2])
         h, w = logic.target_size(source_hw, scale, width, height)
         model, device = _on_device(model)
+        steps = steps or default_steps(model)
         dtype = autocast_dtype(device)
         progress = _Progress(steps + h)
         try:

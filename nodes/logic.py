@@ -14,7 +14,7 @@ import torch
 
 from arbscale_core.checkpoint import CheckpointError, load_model
 from arbscale_core.model import ArbScaleModel
-from arbscale_core.pipeline import (MAX_OUTPUT_PIXELS, condition_anchor, decode_bands, denoise, encode_condition,
+from arbscale_core.pipeline import (MAX_OUTPUT_PIXELS, condition_anchor, decode_bands, default_steps, denoise, encode_condition,
                                     check_scale, generation_latent_size, scaled_side)
 
 MAX_SIDE = 65536  # widgets allow at most this; larger is surely a mistake
@@ -86,8 +86,9 @@ def empty_latent(model: ArbScaleModel, width: int, height: int, batch: int) -> A
 def run_denoise(src: ArbLatent, steps: int, eta: float, seed: int, hooks: Hooks | None = None,
                 dtype: torch.dtype | None = None) -> ArbLatent:
     hooks = hooks or Hooks()
-    if steps < 1:
-        raise ValueError(f"ArbScale: steps must be at least 1, got {steps}")
+    if steps < 0:
+        raise ValueError(f"ArbScale: steps must be at least 1 (or 0 for the model's default), got {steps}")
+    steps = steps or default_steps(src.model)
     if not math.isfinite(eta) or eta < 0:
         raise ValueError(f"ArbScale: eta must be a finite number >= 0, got {eta}")
 

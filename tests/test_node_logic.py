@@ -138,10 +138,19 @@ def test_readable_errors(sr_model, tmp_path):
     with pytest.raises(ValueError, match="not denoised yet"):
         logic.run_decode(enc, 10, 10, 100)
     with pytest.raises(ValueError, match="steps"):
-        logic.run_denoise(enc, 0, 0.0, 0)
+        logic.run_denoise(enc, -1, 0.0, 0)
     bad = tmp_path / "model.safetensors"
     bad.write_bytes(b"\x00" * 20)
     with pytest.raises(ValueError, match="ArbScale: .*not a valid safetensors"):
         logic.load(bad, torch.device("cpu"))
     with pytest.raises(ValueError, match="IMAGE"):
         logic.encode_lr(sr_model, torch.rand(8, 8, 3))
+
+
+def test_zero_steps_means_model_default(sr_model, gen_model):
+    from arbscale_core.pipeline import DEFAULT_STEPS
+
+    den = logic.run_denoise(logic.encode_lr(sr_model, torch.rand(1, 8, 8, 3)), 0, 0.0, 0)
+    assert den.info["steps"] == DEFAULT_STEPS["sr"]
+    den = logic.run_denoise(logic.empty_latent(gen_model, 16, 16, 1), 0, 0.0, 0)
+    assert den.info["steps"] == DEFAULT_STEPS["gen"]
