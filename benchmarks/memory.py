@@ -39,6 +39,7 @@ def run_case(side: int, scale: float, dtype: str, model: str | None, work: Path)
     if res.returncode != 0:
         raise SystemExit(f"case {side}² x{scale:g} failed: {res.stderr[-2000:]}")
     rss_kb = int(re.search(r"MAXRSS_KB (\d+)", res.stderr).group(1))
+    Image.MAX_IMAGE_PIXELS = None  # our own output; only its header is read
     width, height = Image.open(out).size
     out.unlink()
     return {"input": side, "scale": scale, "output": f"{width}x{height}", "peak_rss_mb": rss_kb / 1024,
@@ -67,8 +68,14 @@ def main(argv=None) -> int:
     print(f"\ngrowth from {rows[0]['output']} to {rows[1]['output']}: {growth:.0f} MB")
     if not a.quick:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        import os
+
+        import torch
+
         Path(a.out).write_text(json.dumps({"dtype": a.dtype, "rows": rows, "growth_mb": growth,
-                                           "machine": platform.platform()}, indent=1))
+                                           "machine": platform.platform(), "torch": torch.__version__,
+                                           "model": Path(a.model).name if a.model else "bundled SR model",
+                                           "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}, indent=1))
         print(f"wrote {a.out}")
     return 0
 
