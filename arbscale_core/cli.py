@@ -385,7 +385,8 @@ def cmd_eval_gen(args) -> int:
 def _default_steps_text() -> str:
     from .pipeline import DEFAULT_STEPS
 
-    return f"{DEFAULT_STEPS['sr']} for SR, {DEFAULT_STEPS['gen']} for generation"
+    return (f"the model file's own, else {DEFAULT_STEPS['sr']} for SR and {DEFAULT_STEPS['gen']} for generation; "
+            "the bundled SR model: 1")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,8 +22,8 @@ from .tiling import tiled_eps
 
 log = logging.getLogger("arbscale")
 
-# Default DDIM steps per task (see the model card: the aligned SR model is most faithful at 1 step;
-# generation needs the full trajectory).
+# Default DDIM steps per task, for model files that do not name their own ("default_steps" in
+# their training info: the bundled SR model says 1, see its model card).
 DEFAULT_STEPS = {"sr": 20, "gen": 20}
 DEFAULT_ETA = 0.0
 DEFAULT_CHUNK = 65536
@@ -70,7 +70,9 @@ def output_size(lr_height: int, lr_width: int, scale: float | None = None,
 
 
 def default_steps(model: ArbScaleModel) -> int:
-    return DEFAULT_STEPS[model.config.task]
+    """The model file's own default ("default_steps" in its training info), else the task's."""
+    own = getattr(model, "training_info", {}).get("default_steps")
+    return int(own) if own else DEFAULT_STEPS[model.config.task]
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):

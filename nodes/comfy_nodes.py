@@ -77,8 +77,8 @@ HEIGHT = dict(default=0, min=0, max=logic.MAX_SIDE, step=1, tooltip="0 = from sc
 def sampling_inputs() -> list:
     """steps, eta, seed: the same widgets on Latent Denoise and Upscale."""
     return [io.Int.Input("steps", default=0, min=0, max=1000,
-                         tooltip=f"DDIM steps; 0 = the model's default ({DEFAULT_STEPS['sr']} for SR, "
-                                 f"{DEFAULT_STEPS['gen']} for generation)"),
+                         tooltip=f"DDIM steps; 0 = the model file's default (bundled SR model: 1; "
+                                 f"otherwise {DEFAULT_STEPS['sr']})"),
             io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.01),
             io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True)]
 
