@@ -166,13 +166,18 @@ def test_x0_term_adds_to_eps_loss(tmp_path, image_dirs):
 
 
 def test_anchored_align_tunes_decoder_and_ships_anchor(tmp_path, image_dirs):
-    """--anchor --tune-decoder: the saved model is anchored and its implicit decoder was trained."""
+    """--anchor --tune-decoder --default-steps 1: the saved model is anchored, its implicit decoder
+    was trained, and the file carries its own sampling default."""
     ae = train(args_for("autoencoder", tmp_path / "ae", image_dirs, steps=1))
     sr = train(args_for("diffusion", tmp_path / "sr", image_dirs, init=str(ae), steps=1))
     al = train(args_for("align", tmp_path / "al", image_dirs, init=str(sr), anchor=True, tune_decoder=True,
-                        snr_min=1.0, t_max_frac=0.5, rec_min_t=999, steps=2, val=str(image_dirs / "val")))
+                        snr_min=1.0, t_max_frac=0.5, rec_min_t=999, steps=2, val=str(image_dirs / "val"),
+                        default_steps=1))
     before, after = load_model(sr), load_model(al)
     assert after.config.anchor and not before.config.anchor
+    from arbscale_core.pipeline import DEFAULT_STEPS, default_steps
+
+    assert default_steps(after) == 1 and default_steps(before) == DEFAULT_STEPS["sr"]
     changed = sum(float((a - b).detach().abs().sum()) for a, b in zip(after.implicit.parameters(), before.implicit.parameters()))
     assert changed > 0
     assert "val_sr_x4_psnr" in (tmp_path / "al" / "log.csv").read_text()

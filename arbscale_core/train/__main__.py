@@ -22,7 +22,7 @@ def parse(argv: list[str] | None = None) -> TrainArgs:
     p.add_argument("--task", default="sr", choices=("sr", "gen"))
     d = TrainArgs.__dataclass_fields__
     for name in ("steps", "batch", "crop", "warmup", "seed", "log_every", "val_every", "save_every",
-                 "val_steps", "image_limit", "queries", "threads", "rec_min_t"):
+                 "val_steps", "image_limit", "queries", "threads", "rec_min_t", "default_steps"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=d[name].default)
     for name in ("lr", "weight_decay", "ema", "clip", "max_rel_scale", "snr_max", "snr_min", "t_max_frac", "lambda_dm", "lambda_rec", "x0_weight"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=d[name].default)

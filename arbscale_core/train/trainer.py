@@ -55,6 +55,7 @@ class TrainArgs:
     snr_min: float | None = None
     t_max_frac: float = 0.0      # share of samples drawn at the last timestep
     rec_min_t: int = 0           # align: pixel loss only for samples with t >= this
+    default_steps: int = 0       # recorded in the exported file: its sampling default (0: the task's)
     lambda_dm: float = 1.0
     lambda_rec: float = 1.0
     x0_weight: float = 0.0
@@ -197,6 +198,8 @@ class Trainer:
         info = {"stage": self.args.stage, "step": self.step, "task": model.config.task,
                 "data": [Path(d).name for d in self.args.data], "crop": self.args.crop,
                 "batch": self.args.batch, "seed": self.args.seed, "init": self.args.init and Path(self.args.init).name}
+        if self.args.default_steps:
+            info["default_steps"] = self.args.default_steps
         save_model(model, path, training=info, dtype=getattr(torch, self.args.save_dtype))
         return path
 
