@@ -116,7 +116,7 @@ def denoise(model: ArbScaleModel, cond: torch.Tensor | None = None, latent_shape
             dtype: torch.dtype | None = None, callback: Callback | None = None,
             tile: int = DEFAULT_TILE, tile_overlap: int = DEFAULT_TILE_OVERLAP) -> torch.Tensor:
     """DDIM in latent space. SR: ``cond`` [B,C,h,w]; generation: ``latent_shape`` (B,C,h,w).
-    ``steps`` None: the task's default (``DEFAULT_STEPS``).
+    ``steps`` None: the model file's default (``default_steps``).
     Latents larger than ``tile`` cells on a side are denoised in blended overlapping tiles.
     Returns the denoised (scaled) latent [B,C,h,w] float32."""
     device = next(model.parameters()).device
