@@ -128,13 +128,11 @@ def denoise(model: ArbScaleModel, cond: torch.Tensor | None = None, latent_shape
         if latent_shape is None:
             raise ValueError("a generation model needs a latent shape")
         shape = tuple(latent_shape)
+    if tile < 1:
+        raise ValueError(f"tile must be at least 1 latent cell, got {tile}")
     steps = default_steps(model) if steps is None else steps
     gen = _generator(seed)
     noise = torch.randn(shape, generator=gen).to(device)
-
-    if tile < 1:
-        raise ValueError(f"tile must be at least 1 latent cell, got {tile}")
-
     current = {"tile": tile}
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -177,7 +177,7 @@ class AlignLoss(DiffusionLoss):
         # rec_min_t: pixel loss only where the prediction is a few-step estimate (an anchored
         # decoder learns the condition's correction, which does not fit near-clean latents). Only
         # those samples are decoded; with none, all are, at weight 0, so every rank has a graph.
-        keep = torch.arange(len(t), device=t.device)
+        keep = slice(None)  # all samples, without copying the batch
         rec_min_t = self.opts.get("rec_min_t")
         if rec_min_t:
             selected = (t >= rec_min_t).nonzero().flatten()
