@@ -156,7 +156,7 @@ def denoise(model: ArbScaleModel, cond: torch.Tensor | None = None, latent_shape
         callback(i, n, model.from_diffusion(x0, cond))
 
     x = sample_ddim(eps_fn, noise, alphas_cumprod(model.config), steps=steps, eta=eta,
-                    generator=gen if device.type == "cpu" else None,
+                    generator=gen,
                     callback=x0_callback if callback is not None else None)
     return model.from_diffusion(x, cond)
 

@@ -22,8 +22,8 @@ def sample_ddim(model: ModelFn, noise: torch.Tensor, abar: torch.Tensor, steps: 
                 eta: float = 0.0, generator: torch.Generator | None = None,
                 callback: Callback | None = None) -> torch.Tensor:
     """Run DDIM from x_T = noise. abar: [T] cumulative alphas. eta=0 is deterministic; eta=1 is
-    DDPM-like. Fresh noise for eta > 0 comes from ``generator`` (on the noise's device), so a seed
-    fixes the result. ``callback(step, total, x0_pred)`` runs after each step (raise to cancel).
+    DDPM-like. Fresh noise for eta > 0 comes from ``generator`` (drawn on the generator's device and
+    moved to the noise's, so a CPU generator's seed gives the same result on every device). ``callback(step, total, x0_pred)`` runs after each step (raise to cancel).
     Returns the final latent [B,C,h,w] (float32)."""
     if not (eta >= 0.0) or eta != eta or eta == float("inf"):
         raise ValueError(f"eta must be a finite number >= 0, got {eta}")
@@ -40,7 +40,8 @@ def sample_ddim(model: ModelFn, noise: torch.Tensor, abar: torch.Tensor, steps: 
         dir_coef = (1 - a_prev - sigma ** 2).clamp(min=0).sqrt()
         x = a_prev.sqrt().float() * x0 + dir_coef.float() * eps
         if eta > 0 and i + 1 < len(ts):
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            z_device = generator.device if generator is not None else x.device
+            z = torch.randn(x.shape, generator=generator, device=z_device, dtype=x.dtype).to(x.device)
             x = x + sigma.float() * z
         if callback is not None:
             callback(i + 1, len(ts), x0)

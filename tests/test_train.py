@@ -189,3 +189,23 @@ def test_t_max_frac_draws_last_timestep(tmp_path, image_dirs):
     t, _, _ = trainer.loss.draw(4000, (4, 2, 2))
     share = float((t == trainer.model.config.train_timesteps - 1).float().mean())
     assert 0.45 < share < 0.55
+
+
+def test_minutes_budget_stops_the_run_and_ends_the_schedule(tmp_path, image_dirs):
+    args = args_for("autoencoder", tmp_path / "ae", image_dirs, steps=10_000, minutes=1e-6, warmup=0,
+                    val=str(image_dirs / "val"))
+    trainer = Trainer(args)
+    path = trainer.run()
+    assert trainer.step == 1  # the budget was spent by the first step
+    assert trainer.elapsed > 0
+    # the schedule follows the clock: half the budget is half way down the cosine
+    assert trainer.lr_at(5, elapsed=30e-6) == pytest.approx(args.lr * 0.55)
+    assert trainer.lr_at(5, elapsed=1.0) == pytest.approx(args.lr * 0.1)
+    assert load_model(path).config.task == "sr"
+    import json
+
+    assert json.loads((tmp_path / "ae" / "state.json").read_text())["elapsed_s"] == trainer.elapsed
+    assert parse(["autoencoder", "--data", "d", "--out", "o", "--minutes", "2.5"]).minutes == 2.5
+    # resuming a spent run trains no further
+    again = Trainer(args)
+    assert again.elapsed == trainer.elapsed and again.run() is not None and again.step == 1

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The SR weights' recipe in one go: stage 1 (autoencoder + implicit decoder), stage 2 (SR latent
+# diffusion), stage 3 (1-step alignment, anchored, decoders tuned), each for a wall-clock budget.
+# The stage-2 model is kept as the detail model (sampled detail over 20 steps).
+#
+#   scripts/train_sr.sh TRAIN_DIR VAL_DIR RUN_DIR [EXPORT_DIR]
+#
+# Environment: AE_MIN SR_MIN ALIGN_MIN (minutes per stage), BATCH, PY (python), SMOKE=1 (first run
+# every stage for 2 steps, to fail fast), EXTRA (flags added to every stage, e.g. "--threads 2").
+# EXPORT_DIR receives float16 copies of the three models as each stage ends, and the logs.
+set -euo pipefail
+train=$1 val=$2 run=$3 export_dir=${4:-}
+PY=${PY:-python}
+BATCH=${BATCH:-128}
+EXTRA=${EXTRA:-}
+stage() { "$PY" -m arbscale_core.train "$@" $EXTRA; }
+export_model() {  # export_model SRC NAME [default_steps]
+    [ -n "$export_dir" ] || return 0
+    mkdir -p "$export_dir"
+    "$PY" - "$1" "$export_dir/$2" "${3:-0}" <<'PYEOF'
+import sys, torch
+from arbscale_core.checkpoint import load_model, read_config, save_model
+src, dst, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+info = read_config(src)[1]
+if steps:
+    info["default_steps"] = steps
+save_model(load_model(src), dst, training=info, dtype=torch.float16)
+print("exported", dst)
+PYEOF
+}
+common=(--data "$train" --val "$val" --steps 1000000 --log-every 100 --save-every 1000)
+
+if [ "${SMOKE:-0}" = 1 ]; then
+    s="$run/smoke"
+    rm -rf "$s"
+    stage autoencoder "${common[@]}" --out "$s/ae" --steps 2 --batch 8 --val-every 2
+    stage diffusion --init "$s/ae/model.safetensors" "${common[@]}" --out "$s/sr" --steps 2 --batch 8 \
+        --val-every 2 --val-steps 2 --x0-weight 1.0
+    stage align --init "$s/sr/model.safetensors" "${common[@]}" --out "$s/regress" --steps 2 --batch 8 \
+        --val-every 2 --val-steps 1 --x0-weight 1.0 --snr-min 1 --t-max-frac 1.0 --lambda-dm 0 \
+        --tune-decoder --anchor --default-steps 1
+    echo "smoke run passed"
+fi
+
+stage autoencoder "${common[@]}" --out "$run/ae" --minutes "${AE_MIN:-3}" --batch "$BATCH" --crop 64 \
+    --queries 32 --lr 5e-4 --warmup 200 --val-every 2000
+export_model "$run/ae/model.safetensors" ae.safetensors
+[ -z "$export_dir" ] || cp "$run/ae/log.csv" "$export_dir/ae_log.csv"
+
+stage diffusion --init "$run/ae/model.safetensors" "${common[@]}" --out "$run/sr" --minutes "${SR_MIN:-2.2}" \
+    --batch "$BATCH" --lr 3e-4 --warmup 200 --val-every 2000 --x0-weight 1.0
+export_model "$run/sr/model.safetensors" sr_detail.safetensors 20
+[ -z "$export_dir" ] || cp "$run/sr/log.csv" "$export_dir/sr_log.csv"
+
+stage align --init "$run/sr/model.safetensors" "${common[@]}" --out "$run/regress" --minutes "${ALIGN_MIN:-1.8}" \
+    --batch $((BATCH / 2)) --lr 1.5e-4 --warmup 100 --val-every 1000 --val-steps 1 --x0-weight 1.0 \
+    --snr-min 1 --t-max-frac 1.0 --lambda-dm 0 --tune-decoder --anchor --default-steps 1
+export_model "$run/regress/model.safetensors" sr_default.safetensors 1
+[ -z "$export_dir" ] || cp "$run/regress/log.csv" "$export_dir/regress_log.csv"
+echo "done"
