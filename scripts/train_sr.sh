@@ -6,7 +6,7 @@
 #   scripts/train_sr.sh TRAIN_DIR VAL_DIR RUN_DIR [EXPORT_DIR]
 #
 # Environment: AE_MIN SR_MIN ALIGN_MIN (minutes per stage), BATCH, PY (python), SMOKE=1 (first run
-# every stage for 2 steps, to fail fast), EXTRA (flags added to every stage, e.g. "--threads 2").
+# every stage for 2 steps, to fail fast), AE_INIT (a stage-1 model file: skip stage 1), EXTRA (flags added to every stage, e.g. "--threads 2").
 # EXPORT_DIR receives float16 copies of the three models as each stage ends, and the logs.
 set -euo pipefail
 train=$1 val=$2 run=$3 export_dir=${4:-}
@@ -42,12 +42,15 @@ if [ "${SMOKE:-0}" = 1 ]; then
     echo "smoke run passed"
 fi
 
+ae="${AE_INIT:-$run/ae/model.safetensors}"
+if [ -z "${AE_INIT:-}" ]; then
 stage autoencoder "${common[@]}" --out "$run/ae" --minutes "${AE_MIN:-3}" --batch "$BATCH" --crop 64 \
     --queries 32 --lr 5e-4 --warmup 200 --val-every 2000
 export_model "$run/ae/model.safetensors" ae.safetensors
 [ -z "$export_dir" ] || cp "$run/ae/log.csv" "$export_dir/ae_log.csv"
+fi
 
-stage diffusion --init "$run/ae/model.safetensors" "${common[@]}" --out "$run/sr" --minutes "${SR_MIN:-2.2}" \
+stage diffusion --init "$ae" "${common[@]}" --out "$run/sr" --minutes "${SR_MIN:-2.2}" \
     --batch "$BATCH" --lr 3e-4 --warmup 200 --val-every 2000 --x0-weight 1.0
 export_model "$run/sr/model.safetensors" sr_detail.safetensors 20
 [ -z "$export_dir" ] || cp "$run/sr/log.csv" "$export_dir/sr_log.csv"

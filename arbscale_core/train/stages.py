@@ -251,7 +251,7 @@ def validation_psnr(model: ArbScaleModel, val: torch.Tensor, stage: str, steps: 
 
             lr = resize(val, p // 4, p // 4).clamp(-1, 1)
             sr = upscale_tensor(model, (lr + 1) / 2, p, p, steps=steps, seed=0) * 2 - 1
-            out["val_sr_x4_psnr"] = psnr(sr, val)
+            out["val_sr_x4_psnr"] = psnr(sr.to(val.device), val)
             out["val_bicubic_x4_psnr"] = psnr(resize(lr, p, p), val)
         else:
             loss = DiffusionLoss(model)
