@@ -212,3 +212,19 @@ def test_minutes_budget_stops_the_run_and_ends_the_schedule(tmp_path, image_dirs
     # resuming a spent run trains no further
     again = Trainer(args)
     assert again.elapsed == trainer.elapsed and again.run() is not None and again.step == 1
+
+
+def test_anchored_decoder_tuning_sees_the_anchor_move(tmp_path, image_dirs):
+    """With the anchor, adding a constant to every decoder output changes nothing (the anchor
+    subtracts it again), so the loss has no gradient along the output bias. A constant anchor would
+    push that bias (and everything that shifts outputs together) forever: the drift that diverged."""
+    ae = train(args_for("autoencoder", tmp_path / "ae", image_dirs, steps=1))
+    sr = train(args_for("diffusion", tmp_path / "sr", image_dirs, init=str(ae), steps=1))
+    trainer = Trainer(args_for("align", tmp_path / "al", image_dirs, init=str(sr), anchor=True,
+                               tune_decoder=True, lambda_dm=0.0, snr_min=1.0, t_max_frac=1.0))
+    crops = trainer.data.random_crops(4, 16, torch.Generator().manual_seed(0)).to(trainer.device)
+    loss, _ = trainer.loss(crops)
+    loss.backward()
+    last = [m for m in trainer.model.implicit.mlp if isinstance(m, torch.nn.Linear)][-1]
+    assert float(last.weight.grad.abs().max()) > 1e-6
+    assert float(last.bias.grad.abs().max()) < 1e-3 * float(last.weight.grad.abs().max())

@@ -186,11 +186,14 @@ class AlignLoss(DiffusionLoss):
             else:
                 weight = weight * 0
         # With config.anchor the output is decode(z) + resize(cond_image - decode(z_cond)), as at
-        # inference (pipeline.condition_anchor). The anchor is a constant here (no gradient through
-        # its decode: half the decoder cost; the decoder still trains through decode(z)).
+        # inference (pipeline.condition_anchor). With frozen decoders the anchor is a constant. With
+        # tune_decoder it must carry the decoders' gradient too: a constant anchor hides that it
+        # moves with them, so the gradient keeps pushing along directions where decode(z) and
+        # decode(z_cond) shift together, which the true loss cannot see; those drift until training
+        # diverges (measured: three such runs did, between 300 and 500 steps).
         anchor = None
         if m.config.anchor and cond is not None:
-            with torch.no_grad():
+            with torch.set_grad_enabled(bool(self.opts.get("tune_decoder")) and torch.is_grad_enabled()):
                 anchor = cond_images[keep] - m.decode(cond[keep], *cond_images.shape[-2:])
         # targets are drawn for the whole batch (the shared generator advances the same way); the
         # anchor of the kept samples is resized and sampled at the same positions
