@@ -181,6 +181,11 @@ def test_anchored_align_tunes_decoder_and_ships_anchor(tmp_path, image_dirs):
     from arbscale_core.pipeline import DEFAULT_STEPS, default_steps
 
     assert default_steps(after) == 1 and default_steps(before) == DEFAULT_STEPS["sr"]
+    from arbscale_core.checkpoint import read_config
+
+    lineage = read_config(al)[1]
+    assert lineage["stage"] == "align" and lineage["init_training"]["stage"] == "diffusion"
+    assert lineage["init_training"]["init_training"]["stage"] == "autoencoder"
     changed = sum(float((a - b).detach().abs().sum()) for a, b in zip(after.implicit.parameters(), before.implicit.parameters()))
     assert changed > 0
     assert "val_sr_x4_psnr" in (tmp_path / "al" / "log.csv").read_text()

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..checkpoint import load_model, save_model
+from ..checkpoint import load_model, read_config, save_model
 from ..config import preset
 from ..fileio import atomic_path
 from ..model import ArbScaleModel
@@ -206,6 +206,8 @@ class Trainer:
                 "data": [Path(d).name for d in self.args.data], "crop": self.args.crop,
                 "batch": self.args.batch, "seed": self.args.seed, "init": self.args.init and Path(self.args.init).name}
         info["train_seconds"] = round(self.elapsed, 1)
+        if self.args.init:  # the lineage: each stage's file carries the training info of its init
+            info["init_training"] = read_config(self.args.init)[1]
         if self.args.default_steps:
             info["default_steps"] = self.args.default_steps
         save_model(model, path, training=info, dtype=getattr(torch, self.args.save_dtype))
