@@ -57,10 +57,11 @@ stage align --init "$run/sr/model.safetensors" --data "$train" --image-limit 1 -
     --anchor --default-steps 20
 export_model "$run/detail/model.safetensors" sr_detail.safetensors
 
-# Stage 3 for the default model. lr 1.5e-4 at batch 64 diverged after ~400 steps on an H200 (TF32);
-# the shipped model used 1e-4 at batch 16 on a CPU (see the model card).
+# Stage 3 for the default model. (Before the anchor carried the decoders' gradient, lr 1.5e-4 at
+# batch 64 diverged here on an H200; the shipped model ran this stage on a CPU at batch 16, first
+# U-Net only, then with the decoders at lr 4e-4: see the model card.)
 stage align --init "$run/sr/model.safetensors" "${common[@]}" --out "$run/regress" --minutes "${ALIGN_MIN:-1.8}" \
-    --batch "${ALIGN_BATCH:-16}" --lr "${ALIGN_LR:-1e-4}" --warmup 30 --val-every 100 --val-steps 1 \
+    --batch "${ALIGN_BATCH:-16}" --lr "${ALIGN_LR:-4e-4}" --warmup 30 --val-every 100 --val-steps 1 \
     --x0-weight 1.0 --snr-min 1 --t-max-frac 1.0 --lambda-dm 0 --tune-decoder --anchor --default-steps 1
 export_model "$run/regress/model.safetensors" sr_default.safetensors
 [ -z "$export_dir" ] || cp "$run/regress/log.csv" "$export_dir/regress_log.csv"

@@ -233,3 +233,28 @@ def test_anchored_decoder_tuning_sees_the_anchor_move(tmp_path, image_dirs):
     last = [m for m in trainer.model.implicit.mlp if isinstance(m, torch.nn.Linear)][-1]
     assert float(last.weight.grad.abs().max()) > 1e-6
     assert float(last.bias.grad.abs().max()) < 1e-3 * float(last.weight.grad.abs().max())
+
+
+def test_sr_recipe_script_runs_every_stage(tmp_path):
+    """scripts/train_sr.sh end to end on tiny budgets: stage 1, stage 2, the detail export and
+    stage 3, each exported as float16 with its lineage."""
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 3), ("val", 1)):
+        (tmp_path / split).mkdir()
+        for i in range(n):
+            Image.fromarray(smooth_image(rng, 132, 140)).save(tmp_path / split / f"{i}.png")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PY=sys.executable, AE_MIN="0.0001", SR_MIN="0.0001",
+               ALIGN_MIN="0.0001", BATCH="2", ALIGN_BATCH="2", EXTRA="--threads 1")
+    res = subprocess.run(["bash", str(ROOT / "scripts/train_sr.sh"), str(tmp_path / "train"), str(tmp_path / "val"),
+                          str(tmp_path / "runs"), str(tmp_path / "export")], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    from arbscale_core.checkpoint import read_config
+    from arbscale_core.pipeline import default_steps
+
+    detail, default = load_model(tmp_path / "export/sr_detail.safetensors"), load_model(tmp_path / "export/sr_default.safetensors")
+    assert detail.config.anchor and default.config.anchor
+    assert default_steps(detail) == 20 and default_steps(default) == 1
+    info = read_config(tmp_path / "export/sr_default.safetensors")[1]
+    assert info["init_training"]["stage"] == "diffusion" and info["init_training"]["init_training"]["stage"] == "autoencoder"
+    assert (tmp_path / "export/regress_log.csv").exists()
+    assert load_file(str(tmp_path / "export/sr_default.safetensors"))["unet.conv_in.weight"].dtype == torch.float16
