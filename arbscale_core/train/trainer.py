@@ -123,6 +123,8 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
         self.data = ImageSet(args.data, args.crop, args.image_limit)
         self.model = build_model(args, self.data).to(self.device)
+        # read now: the init file may be gone by the time a long run exports
+        self.init_info = read_config(args.init)[1] if args.init else None
         opts = {"queries": args.queries, "lr_scale_range": tuple(args.lr_scale_range),
                 "snr_max": args.snr_max, "snr_min": args.snr_min, "t_max_frac": args.t_max_frac,
                 "rec_min_t": args.rec_min_t, "lambda_dm": args.lambda_dm, "lambda_rec": args.lambda_rec,
@@ -206,8 +208,8 @@ class Trainer:
                 "data": [Path(d).name for d in self.args.data], "crop": self.args.crop,
                 "batch": self.args.batch, "seed": self.args.seed, "init": self.args.init and Path(self.args.init).name}
         info["train_seconds"] = round(self.elapsed, 1)
-        if self.args.init:  # the lineage: each stage's file carries the training info of its init
-            info["init_training"] = read_config(self.args.init)[1]
+        if self.init_info is not None:  # the lineage: each file carries its init's training info
+            info["init_training"] = self.init_info
         if self.args.default_steps:
             info["default_steps"] = self.args.default_steps
         save_model(model, path, training=info, dtype=getattr(torch, self.args.save_dtype))
