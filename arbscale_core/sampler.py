@@ -22,8 +22,9 @@ def sample_ddim(model: ModelFn, noise: torch.Tensor, abar: torch.Tensor, steps: 
                 eta: float = 0.0, generator: torch.Generator | None = None,
                 callback: Callback | None = None) -> torch.Tensor:
     """Run DDIM from x_T = noise. abar: [T] cumulative alphas. eta=0 is deterministic; eta=1 is
-    DDPM-like. Fresh noise for eta > 0 comes from ``generator`` (drawn on the generator's device and
-    moved to the noise's, so a CPU generator's seed gives the same result on every device). ``callback(step, total, x0_pred)`` runs after each step (raise to cancel).
+    DDPM-like. Fresh noise for eta > 0 comes from ``generator`` (drawn on the generator's device
+    and moved to the noise's, so a CPU generator's seed gives the same result on every device).
+    ``callback(step, total, x0_pred)`` runs after each step (raise to cancel).
     Returns the final latent [B,C,h,w] (float32)."""
     if not (eta >= 0.0) or eta != eta or eta == float("inf"):
         raise ValueError(f"eta must be a finite number >= 0, got {eta}")
