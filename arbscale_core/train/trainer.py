@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import gc
 import json
 import os
 import time
@@ -323,8 +324,16 @@ class Trainer:
 def train(args: TrainArgs) -> Path | None:
     trainer = Trainer(args)
     try:
-        return trainer.run()
+        exported = trainer.run()
+        if trainer.world > 1:
+            dist.barrier()  # every rank leaves together, after rank 0's export
+        return exported
     finally:
+        # Free the DDP wrapper (and gloo's pending work that holds its tensors) while the process
+        # group and the interpreter are still alive: left to interpreter exit, that teardown
+        # aborted a rank now and then ("terminate called without an active exception").
+        del trainer
+        gc.collect()
         if dist.is_initialized():
             dist.destroy_process_group()
 
