@@ -155,7 +155,7 @@ def _progress_bar(total: int, desc: str):
 
 def cmd_upscale(args) -> int:
     from .imageops import load_image
-    from .pipeline import condition_anchor, denoise, encode_condition, output_size
+    from .pipeline import denoise, encode_condition, output_size, sr_guide
 
     if (args.scale is None) == (args.size is None):
         raise UserError("give exactly one of --scale or --size")
@@ -178,22 +178,48 @@ def cmd_upscale(args) -> int:
             sizes.append(output_size(*img.shape[-2:], scale=scale, size=size))
         except ValueError as exc:
             raise UserError(f"{p}: {exc}") from None
+    if args.ensemble > 1:
+        from .imageops import STREAM_PIXELS
+
+        for p, (h, w) in zip(inputs, sizes):
+            if h * w > STREAM_PIXELS:
+                raise UserError(f"{p}: --ensemble needs the output in memory; {w}x{h} is over "
+                                f"{STREAM_PIXELS} pixels (use --ensemble 1)")
     model, _, dtype = load(args.model, "sr", args.device, args.dtype)
     args.steps = _steps(args, model)
     for p, img, (h, w), target in zip(inputs, images, sizes, targets):
+        if args.ensemble > 1:
+            _upscale_ensemble_to_file(model, img, h, w, target, args, dtype, p.name)
+            print(f"{p} -> {target} ({w}x{h})")
+            continue
         bar = _progress_bar(args.steps, f"{p.name}: denoise")
         cond = encode_condition(model, img)
         latent = denoise(model, cond, steps=args.steps, eta=args.eta, seed=args.seed,
                          dtype=dtype, callback=lambda i, n, x0: bar.update(1), tile=args.tile)
         bar.close()
         _decode_to_file(model, latent, h, w, target, args.chunk, dtype, f"{p.name}: decode {w}x{h}",
-                        anchor=condition_anchor(model, img, cond))
+                        guide=sr_guide(model, img, cond, consistency=args.consistency))
         print(f"{p} -> {target} ({w}x{h})")
     return 0
 
 
+def _upscale_ensemble_to_file(model, img, h: int, w: int, target: Path, args, dtype, name: str) -> None:
+    from .imageops import save_image, to_uint8
+    from .pipeline import upscale_tensor
+
+    bar = _progress_bar(args.steps * args.ensemble, f"{name}: denoise x{args.ensemble}")
+    out = upscale_tensor(model, img, h, w, steps=args.steps, eta=args.eta, seed=args.seed, chunk=args.chunk,
+                         dtype=dtype, callback=lambda i, n, x0: bar.update(1), consistency=args.consistency,
+                         ensemble=args.ensemble)
+    bar.close()
+    try:
+        save_image(to_uint8(out * 2 - 1)[0], target)
+    except OSError as exc:
+        raise UserError(f"cannot write {target}: {exc.strerror or exc}") from None
+
+
 def _decode_to_file(model, latent, h: int, w: int, target: Path, chunk: int, dtype, desc: str,
-                    anchor=None) -> None:
+                    guide=None) -> None:
     """Decode one latent [1,C,h,w] into ``target``: large PNGs stream row by row (memory: one band),
     everything else goes through a uint8 canvas."""
     from .imageops import STREAM_PIXELS, save_image, save_png_rows
@@ -207,10 +233,10 @@ def _decode_to_file(model, latent, h: int, w: int, target: Path, chunk: int, dty
 
     try:
         if target.suffix.lower() == ".png" and h * w > STREAM_PIXELS:
-            bands = decode_uint8_bands(model, latent, h, w, chunk, dtype, progress, anchor)
+            bands = decode_uint8_bands(model, latent, h, w, chunk, dtype, progress, guide)
             save_png_rows(target, h, w, (band[0] for _, _, band in bands))
         else:
-            save_image(decode_uint8(model, latent, h, w, chunk, dtype, progress, anchor)[0], target)
+            save_image(decode_uint8(model, latent, h, w, chunk, dtype, progress, guide)[0], target)
     except OSError as exc:
         raise UserError(f"cannot write {target}: {exc.strerror or exc}") from None
     finally:
@@ -305,7 +331,8 @@ def cmd_eval(args) -> int:
     model, _, _ = load(args.model, "sr", args.device)
     args.steps = _steps(args, model)
     opts = eval_sr.SREvalOptions(scales=tuple(scales), steps=args.steps, eta=args.eta, seeds=args.seeds,
-                                 max_side=args.max_side, limit=args.limit)
+                                 max_side=args.max_side, limit=args.limit, consistency=args.consistency,
+                                 ensemble=args.ensemble)
     from tqdm import tqdm
 
     total = len(paths[: args.limit]) * len(scales)
@@ -324,7 +351,8 @@ def cmd_eval(args) -> int:
               f"training: {json.dumps(getattr(model, 'training_info', {}), sort_keys=True)})",
               f"Images: {len({r['image'] for r in rows})} from `{hr_dir}` (centre crops of at most "
               f"{args.max_side}px, sides divisible by the scale); LR by antialiased bicubic (PIL).",
-              f"Ours: {args.steps} DDIM steps, eta {args.eta}, {args.seeds} seed(s).", "",
+              f"Ours: {args.steps} DDIM steps, eta {args.eta}, {args.seeds} seed(s), LR-consistency "
+              f"projection {'on' if args.consistency else 'off'}, self-ensemble of {args.ensemble}.", "",
               "![PSNR vs scale](psnr_vs_scale.png)", "", "![consistency and diversity](consistency_diversity.png)",
               "", "![comparison](comparison_grid.png)"]
     eval_report.write_csv(rows, out / "metrics.csv")
@@ -403,6 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
         sp.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (autocast)")
 
+    def consistency_flag(sp):
+        sp.add_argument("--no-consistency", dest="consistency", action="store_false",
+                        help="skip the LR-consistency projection (by default the output is corrected so that, "
+                             "brought back to the input's size, it gives the input)")
+        sp.add_argument("--ensemble", type=int, default=1, choices=(1, 2, 4, 8),
+                        help="geometric self-ensemble: average this many runs on flipped/transposed copies "
+                             "(higher PSNR for that many times the work; default 1)")
+
     up = sub.add_parser("upscale", help="upscale images by any factor or to any size")
     up.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders")
     up.add_argument("-o", "--output", required=True, metavar="OUT", help="output file (one input) or folder")
@@ -412,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="denoise latents over this many cells a side (for the shipped models: LR pixels) "
                          "in overlapping tiles, bounding memory (default 256)")
     common(up, "sr")
+    consistency_flag(up)
     up.set_defaults(func=cmd_upscale)
 
     gen = sub.add_parser("generate", help="generate images at any size")
@@ -429,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seeds", type=int, default=1, help="seeds per image (diversity needs 2+)")
     ev.add_argument("--max-side", type=int, default=384, help="centre-crop HR images to at most this size")
     common(ev, "sr")
+    consistency_flag(ev)
     ev.set_defaults(func=cmd_eval)
 
     eg = sub.add_parser("eval-gen", help="self-SSIM across sizes and diversity of a generation model")

@@ -19,7 +19,7 @@ from PIL import Image
 from .evaluate import (BASELINES, baseline, high_frequency_ratio, hr_crop_for_scale, make_lr, psnr, psnr_y,
                        ssim)
 from .model import ArbScaleModel
-from .pipeline import condition_anchor, decode_uint8, denoise, encode_condition
+from .pipeline import SRGuide, decode_uint8, denoise, encode_condition, sr_guide, upscale_tensor
 
 MIN_LR_SIDE = 8
 METRICS = ("psnr_rgb", "psnr_y", "ssim_y", "lr_consistency_db", "scale_consistency_db", "hf_ratio", "diversity")
@@ -33,6 +33,8 @@ class SREvalOptions:
     seeds: int = 1
     max_side: int = 384
     limit: int | None = None
+    consistency: bool = True
+    ensemble: int = 1
 
 
 def _resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -52,12 +54,21 @@ def diversity(samples: list[np.ndarray]) -> float:
     return float(np.mean([np.abs(a.astype(np.float64) - b.astype(np.float64)).mean() for a, b in pairs]))
 
 
-def ours_latent(model: ArbScaleModel, lr: np.ndarray, steps: int, eta: float, seed: int,
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(denoised latent, anchor or None) for an LR uint8 [h,w,3]: decode both with decode_uint8."""
+def ours_latent(model: ArbScaleModel, lr: np.ndarray, steps: int, eta: float, seed: int, consistency: bool = True,
+                ) -> tuple[torch.Tensor, SRGuide | None]:
+    """(denoised latent, guide or None) for an LR uint8 [h,w,3]: decode both with decode_uint8."""
     x = torch.from_numpy(lr.copy()).permute(2, 0, 1)[None].float() / 255
     cond = encode_condition(model, x)
-    return denoise(model, cond, steps=steps, eta=eta, seed=seed), condition_anchor(model, x, cond)
+    return denoise(model, cond, steps=steps, eta=eta, seed=seed), sr_guide(model, x, cond, consistency)
+
+
+def ours_ensemble(model: ArbScaleModel, lr: np.ndarray, height: int, width: int, opts: SREvalOptions,
+                  seed: int) -> np.ndarray:
+    """uint8 [height,width,3] from ``upscale_tensor`` with opts.ensemble members."""
+    x = torch.from_numpy(lr.copy()).permute(2, 0, 1)[None].float() / 255
+    out = upscale_tensor(model, x, height, width, steps=opts.steps, eta=opts.eta, seed=seed,
+                         consistency=opts.consistency, ensemble=opts.ensemble)
+    return (out[0] * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
 def evaluate_image(model: ArbScaleModel, hr_full: np.ndarray, scale: float, opts: SREvalOptions):
@@ -81,9 +92,12 @@ def evaluate_image(model: ArbScaleModel, hr_full: np.ndarray, scale: float, opts
         outputs[method] = out
     samples = []
     for seed in range(opts.seeds):
-        latent, anchor = ours_latent(model, lr, opts.steps, opts.eta, seed)
-        out = decode_uint8(model, latent, h, w, anchor=anchor)[0]
-        out2x = decode_uint8(model, latent, 2 * h, 2 * w, anchor=anchor)[0]
+        if opts.ensemble == 1:
+            latent, guide = ours_latent(model, lr, opts.steps, opts.eta, seed, opts.consistency)
+            out = decode_uint8(model, latent, h, w, guide=guide)[0]
+            out2x = decode_uint8(model, latent, 2 * h, 2 * w, guide=guide)[0]
+        else:
+            out, out2x = (ours_ensemble(model, lr, oh, ow, opts, seed) for oh, ow in ((h, w), (2 * h, 2 * w)))
         rows.append({"method": "ours", "seed": seed, **metrics(out, out2x)})
         samples.append(out)
         if seed == 0:

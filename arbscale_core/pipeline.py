@@ -10,6 +10,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,6 +35,12 @@ DEFAULT_TILE_OVERLAP = 32
 MIN_TILE = 16      # out-of-memory halving stops here (latent cells)
 MIN_CHUNK = 1024   # ... and here (pixels per decode chunk)
 MAX_OUTPUT_PIXELS = 2 ** 31  # beyond this even a uint8 canvas is impractical on one machine
+# LR-consistency projection (``lr_correction``): the output is measured on a proxy of at most this
+# many times the LR size per side; the correction is iterated this many times; outputs up to this
+# many pixels are decoded once and kept (float32, 12 bytes a pixel) rather than decoded twice.
+CONSISTENCY_PROXY = 4
+CONSISTENCY_ITERS = 3
+CONSISTENCY_CACHE_PIXELS = 1 << 24
 
 
 def check_scale(scale: float) -> float:
@@ -110,6 +117,29 @@ def condition_anchor(model: ArbScaleModel, image: torch.Tensor, cond: torch.Tens
     return cond_image - model.decode(cond.to(cond_image.device), *cond_image.shape[-2:])
 
 
+@dataclass(frozen=True)
+class SRGuide:
+    """What SR decoding takes from the LR input besides the latent.
+
+    anchor: the autoencoder's error on the condition image [B,3,ch,cw] (-1..1 units), added to the
+    output, or None (see ``condition_anchor``). lr: the LR input [B,3,h,w] in -1..1, or None; when
+    set, decoding projects the output onto consistency with it (``lr_correction``)."""
+    anchor: torch.Tensor | None = None
+    lr: torch.Tensor | None = None
+
+
+def sr_guide(model: ArbScaleModel, image: torch.Tensor, cond: torch.Tensor,
+             consistency: bool = True) -> SRGuide | None:
+    """The SRGuide for an LR image [B,3,h,w] in 0..1 and its condition latent; None for
+    generation models or when there is nothing to add."""
+    if model.config.task != "sr":
+        return None
+    anchor = condition_anchor(model, image, cond)
+    lr = image.to(anchor.device if anchor is not None else cond.device, torch.float32) * 2 - 1
+    guide = SRGuide(anchor=anchor, lr=lr if consistency else None)
+    return guide if guide.anchor is not None or guide.lr is not None else None
+
+
 @torch.no_grad()
 def denoise(model: ArbScaleModel, cond: torch.Tensor | None = None, latent_shape: tuple[int, ...] | None = None,
             steps: int | None = None, eta: float = DEFAULT_ETA, seed: int = 0,
@@ -166,28 +196,40 @@ def _empty_cache(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-@torch.no_grad()
-def decode_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int,
-                 chunk: int = DEFAULT_CHUNK, dtype: torch.dtype | None = None, start_row: int = 0,
-                 min_chunk: int = MIN_CHUNK, anchor: torch.Tensor | None = None,
-                 ) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yield (y0, y1, rgb [B,3,y1-y0,width] in 0..1) bands of the decoded image from start_row on.
-    ``anchor`` (from ``condition_anchor``) is resized to the output band by band and added.
-    On out-of-memory the chunk halves (with a logged warning) down to ``min_chunk`` and decoding
-    resumes at the first row not yet yielded."""
+def _band_rows(height: int, width: int, chunk: int) -> int:
+    return max(1, min(height, chunk // max(1, width)))
+
+
+class _LowRes:
+    """A low-resolution image [B,3,lh,lw] added to the output, resized band by band: a band of
+    rows of resize(img) costs only that band, rows_m[y0:y1] @ img @ cols_mt."""
+
+    def __init__(self, image: torch.Tensor, height: int, width: int, device: torch.device):
+        self.image = image.to(device, torch.float32)
+        self.rows_m = resize_matrix(image.shape[-2], height).to(device)      # [height, lh]
+        self.cols_mt = resize_matrix(image.shape[-1], width).to(device).T    # [lw, width]
+
+    def band(self, y0: int, y1: int) -> torch.Tensor:
+        return self.rows_m[y0:y1] @ self.image @ self.cols_mt
+
+
+def _raw_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int, chunk: int,
+               dtype: torch.dtype | None, start_row: int, min_chunk: int, added: list[torch.Tensor],
+               ) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(y0, y1, float32 band in -1..1, not clamped) with the low-res images ``added`` resized and
+    added. On out-of-memory the chunk halves down to ``min_chunk``; decoding resumes at the first
+    row not yet yielded."""
     device = next(model.parameters()).device
     latent = latent.to(device)
-    if anchor is not None:
-        anchor = anchor.to(device, torch.float32)
-        rows_m = resize_matrix(anchor.shape[-2], height).to(device)        # [height, ch]
-        cols_mt = resize_matrix(anchor.shape[-1], width).to(device).T      # [cw, width]
+    low_res = [_LowRes(a, height, width, device) for a in added]
     done = start_row
     while True:
         try:
             for y0, y1, band in model.decode_bands(latent, height, width, chunk, dtype, done):
-                if anchor is not None:
-                    band = band.float() + rows_m[y0:y1] @ anchor @ cols_mt
-                yield y0, y1, ((band + 1) / 2).clamp(0, 1)
+                band = band.float()
+                for extra in low_res:
+                    band = band + extra.band(y0, y1)
+                yield y0, y1, band
                 done = y1
             return
         except torch.cuda.OutOfMemoryError:
@@ -198,48 +240,149 @@ def decode_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width:
             _empty_cache(device)
 
 
+@torch.no_grad()
+def lr_correction(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int, guide: SRGuide,
+                  chunk: int = DEFAULT_CHUNK, dtype: torch.dtype | None = None, min_chunk: int = MIN_CHUNK,
+                  progress: Callable[[int, int], None] | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Back-projection onto the LR input: a correction c [B,3,h,w] (LR size, -1..1 units) such
+    that output + resize(c), brought back to the LR size, gives (nearly) the LR image.
+
+    The decoded output is measured on a proxy of at most CONSISTENCY_PROXY x the LR size per side
+    (bringing it down to the LR size averages away what the proxy cannot hold), so the cost is
+    bounded at any scale; up to that scale the proxy is the output itself. The correction is
+    iterated CONSISTENCY_ITERS times at the proxy size. Returns (c, the decoded output [B,3,H,W]
+    clamped to -1..1 when the proxy is the output and at most CONSISTENCY_CACHE_PIXELS, so it
+    need not be decoded twice; else None). ``progress(rows, proxy height)`` after each band."""
+    lr = guide.lr.to(next(model.parameters()).device, torch.float32)
+    h, w = lr.shape[-2:]
+    ph, pw = min(height, CONSISTENCY_PROXY * h), min(width, CONSISTENCY_PROXY * w)
+    down_rows = resize_matrix(ph, h).to(lr.device)      # [h, ph]
+    down_cols_t = resize_matrix(pw, w).to(lr.device).T  # [pw, w]
+    keep = (ph, pw) == (height, width) and height * width <= CONSISTENCY_CACHE_PIXELS
+    bands = []
+    measured = torch.zeros_like(lr)
+    added = [guide.anchor] if guide.anchor is not None else []
+    for y0, y1, band in _raw_bands(model, latent, ph, pw, chunk, dtype, 0, min_chunk, added):
+        band = band.clamp(-1, 1)  # what the output holds
+        measured += down_rows[:, y0:y1] @ band @ down_cols_t
+        if keep:
+            bands.append(band)
+        if progress:
+            progress(y1, ph)
+    # each correction step leaves the residual r - down(up(r)) for the next
+    up_rows, up_cols_t = resize_matrix(h, ph).to(lr.device), resize_matrix(w, pw).to(lr.device).T
+    round_trip_rows, round_trip_cols_t = down_rows @ up_rows, up_cols_t @ down_cols_t   # [h,h], [w,w]
+    residual = lr - measured
+    correction = torch.zeros_like(lr)
+    for _ in range(CONSISTENCY_ITERS):
+        correction = correction + residual
+        residual = residual - round_trip_rows @ residual @ round_trip_cols_t
+    return correction, (torch.cat(bands, dim=2) if keep else None)
+
+
+@torch.no_grad()
+def decode_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int,
+                 chunk: int = DEFAULT_CHUNK, dtype: torch.dtype | None = None, start_row: int = 0,
+                 min_chunk: int = MIN_CHUNK, guide: SRGuide | None = None,
+                 progress: Callable[[int, int], None] | None = None,
+                 ) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield (y0, y1, rgb [B,3,y1-y0,width] in 0..1) bands of the decoded image from start_row on.
+
+    ``guide`` (from ``sr_guide``): its anchor is resized to the output band by band and added; with
+    its LR image the output is first measured and corrected to be consistent with it
+    (``lr_correction``; not for outputs smaller than the LR on a side). ``progress(done, total)``
+    counts the rows of both passes. On out-of-memory the chunk halves (with a logged warning) down
+    to ``min_chunk`` and decoding resumes at the first row not yet yielded."""
+    added = []
+    if guide is not None and guide.anchor is not None:
+        added.append(guide.anchor)
+    measure_rows = 0
+    if guide is not None and guide.lr is not None and height >= guide.lr.shape[-2] and width >= guide.lr.shape[-1]:
+        measure_rows = min(height, CONSISTENCY_PROXY * guide.lr.shape[-2])
+        cached = measure_rows == height and height * width <= CONSISTENCY_CACHE_PIXELS
+        total = measure_rows + (0 if cached else height)
+        correction, decoded = lr_correction(model, latent, height, width, guide, chunk, dtype, min_chunk,
+                                            progress and (lambda done, _: progress(done, total)))
+        if decoded is not None:
+            fix = _LowRes(correction, height, width, decoded.device)
+            rows = _band_rows(height, width, chunk)
+            for y0 in range(start_row, height, rows):
+                y1 = min(height, y0 + rows)
+                yield y0, y1, ((decoded[:, :, y0:y1] + fix.band(y0, y1) + 1) / 2).clamp(0, 1)
+            return
+        added.append(correction)
+    for y0, y1, band in _raw_bands(model, latent, height, width, chunk, dtype, start_row, min_chunk, added):
+        yield y0, y1, ((band + 1) / 2).clamp(0, 1)
+        if progress:
+            progress(measure_rows + y1, measure_rows + height)
+
+
 def decode(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int, chunk: int = DEFAULT_CHUNK,
            dtype: torch.dtype | None = None, progress: Callable[[int, int], None] | None = None,
-           anchor: torch.Tensor | None = None) -> torch.Tensor:
+           guide: SRGuide | None = None) -> torch.Tensor:
     """Decode a latent at any size: [B,3,height,width] float in 0..1 (assembled in memory)."""
-    bands = []
-    for _, y1, band in decode_bands(model, latent, height, width, chunk, dtype, anchor=anchor):
-        bands.append(band.cpu())
-        if progress:
-            progress(y1, height)
-    return torch.cat(bands, dim=2)
+    return torch.cat([band.cpu() for _, _, band in decode_bands(model, latent, height, width, chunk, dtype,
+                                                                 guide=guide, progress=progress)], dim=2)
 
 
 def decode_uint8_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int,
                        chunk: int = DEFAULT_CHUNK, dtype: torch.dtype | None = None,
                        progress: Callable[[int, int], None] | None = None,
-                       anchor: torch.Tensor | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+                       guide: SRGuide | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
     """Yield (y0, y1, uint8 [B,y1-y0,width,3]) bands top to bottom: what a streaming writer takes."""
-    for y0, y1, band in decode_bands(model, latent, height, width, chunk, dtype, anchor=anchor):
+    for y0, y1, band in decode_bands(model, latent, height, width, chunk, dtype, guide=guide, progress=progress):
         yield y0, y1, (band * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        if progress:
-            progress(y1, height)
 
 
 def decode_uint8(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int,
                  chunk: int = DEFAULT_CHUNK, dtype: torch.dtype | None = None,
                  progress: Callable[[int, int], None] | None = None,
-                 anchor: torch.Tensor | None = None) -> np.ndarray:
+                 guide: SRGuide | None = None) -> np.ndarray:
     """Decode straight into a uint8 canvas [B,height,width,3], band by band (no full float image)."""
     canvas = np.empty((latent.shape[0], height, width, 3), dtype=np.uint8)
-    for y0, y1, band in decode_uint8_bands(model, latent, height, width, chunk, dtype, progress, anchor):
+    for y0, y1, band in decode_uint8_bands(model, latent, height, width, chunk, dtype, progress, guide):
         canvas[:, y0:y1] = band
     return canvas
+
+
+# The dihedral transforms of the image plane, as (transpose, flip rows, flip columns); ordered so
+# that the first 2 and the first 4 are the most different from each other.
+DIHEDRAL = ((False, False, False), (True, False, False), (False, True, True), (True, True, True),
+            (False, False, True), (False, True, False), (True, False, True), (True, True, False))
+ENSEMBLE_SIZES = (1, 2, 4, 8)
+
+
+def _transform(x: torch.Tensor, t: tuple[bool, bool, bool], inverse: bool = False) -> torch.Tensor:
+    transpose, flip_rows, flip_cols = t
+    flips = [d for d, f in ((-2, flip_rows), (-1, flip_cols)) if f]
+    if not inverse:
+        x = x.transpose(-2, -1) if transpose else x
+        return x.flip(flips) if flips else x
+    x = x.flip(flips) if flips else x
+    return x.transpose(-2, -1) if transpose else x
 
 
 def upscale_tensor(model: ArbScaleModel, image: torch.Tensor, height: int, width: int,
                    steps: int | None = None, eta: float = DEFAULT_ETA, seed: int = 0,
                    chunk: int = DEFAULT_CHUNK, dtype: torch.dtype | None = None,
-                   callback: Callback | None = None) -> torch.Tensor:
-    """image [B,3,h,w] in 0..1 -> [B,3,height,width] in 0..1."""
-    cond = encode_condition(model, image)
-    latent = denoise(model, cond, steps=steps, eta=eta, seed=seed, dtype=dtype, callback=callback)
-    return decode(model, latent, height, width, chunk, dtype, anchor=condition_anchor(model, image, cond))
+                   callback: Callback | None = None, consistency: bool = True, ensemble: int = 1) -> torch.Tensor:
+    """image [B,3,h,w] in 0..1 -> [B,3,height,width] in 0..1. ``consistency``: correct the output
+    so that brought back to the LR size it gives the input (``lr_correction``). ``ensemble`` (1, 2, 4
+    or 8): average that many runs on flipped / transposed copies of the input (geometric
+    self-ensemble: higher PSNR for that many times the work; the output is assembled in memory)."""
+    if ensemble not in ENSEMBLE_SIZES:
+        raise ValueError(f"ensemble must be one of {ENSEMBLE_SIZES}, got {ensemble}")
+    total = None
+    for t in DIHEDRAL[:ensemble]:
+        x = _transform(image, t)
+        th, tw = (width, height) if t[0] else (height, width)
+        cond = encode_condition(model, x)
+        latent = denoise(model, cond, steps=steps, eta=eta, seed=seed, dtype=dtype, callback=callback)
+        out = decode(model, latent, th, tw, chunk, dtype, guide=sr_guide(model, x, cond, consistency))
+        out = _transform(out, t, inverse=True)
+        total = out if total is None else total + out
+    return total / ensemble
 
 
 def upscale(model: ArbScaleModel, image: torch.Tensor, scale: float | None = None,

@@ -39,7 +39,7 @@ def worker(spec: dict) -> dict:
     from arbscale_core.checkpoint import load_model
     from arbscale_core.diffusion import alphas_cumprod
     from arbscale_core.imageops import resize
-    from arbscale_core.pipeline import condition_anchor, decode_uint8_bands, denoise, encode_condition
+    from arbscale_core.pipeline import decode_uint8_bands, denoise, encode_condition, sr_guide
     from arbscale_core.sampler import sample_ddim
     from arbscale_core.unet import UNet
 
@@ -58,9 +58,9 @@ def worker(spec: dict) -> dict:
                 t0 = time.perf_counter()
                 cond = encode_condition(model, lr)
                 latent = denoise(model, cond, steps=steps, seed=0)
-                anchor = condition_anchor(model, lr, cond)
+                guide = sr_guide(model, lr, cond)
                 t1 = time.perf_counter()
-                for _ in decode_uint8_bands(model, latent, out_side, out_side, anchor=anchor):
+                for _ in decode_uint8_bands(model, latent, out_side, out_side, guide=guide):
                     pass
                 t2 = time.perf_counter()
                 res.update(seconds=t2 - t0, denoise_s=t1 - t0, decode_s=t2 - t1, steps_run=steps)

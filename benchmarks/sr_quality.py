@@ -31,8 +31,8 @@ from arbscale_core.train.data import list_images
 
 
 def ours(model, lr: np.ndarray, height: int, width: int, steps: int, eta: float, seed: int) -> np.ndarray:
-    latent, anchor = ours_latent(model, lr, steps, eta, seed)
-    return decode_uint8(model, latent, height, width, anchor=anchor)[0]
+    latent, guide = ours_latent(model, lr, steps, eta, seed)
+    return decode_uint8(model, latent, height, width, guide=guide)[0]
 
 
 def main(argv=None) -> int:

@@ -198,7 +198,7 @@ class ArbScaleUpscale(io.ComfyNode):
                 progress=lambda i, n: progress.bar.update_absolute(i, steps + h),
                 check_interrupt=hooks.check_interrupt), dtype)
             image_out = logic.run_decode(denoised, h, w, chunk, logic.Hooks(
-                progress=lambda done, total: progress.bar.update_absolute(steps + done, steps + h),
+                progress=lambda done, total: progress.bar.update_absolute(steps + done * h // total, steps + h),
                 check_interrupt=hooks.check_interrupt), dtype)
         finally:
             _offload(model)

@@ -14,8 +14,8 @@ import torch
 
 from arbscale_core.checkpoint import CheckpointError, load_model
 from arbscale_core.model import ArbScaleModel
-from arbscale_core.pipeline import (MAX_OUTPUT_PIXELS, condition_anchor, decode_bands, default_steps, denoise, encode_condition,
-                                    check_scale, generation_latent_size, scaled_side)
+from arbscale_core.pipeline import (MAX_OUTPUT_PIXELS, SRGuide, decode_bands, default_steps, denoise, encode_condition,
+                                    check_scale, generation_latent_size, scaled_side, sr_guide)
 
 MAX_SIDE = 65536  # widgets allow at most this; larger is surely a mistake
 
@@ -32,14 +32,15 @@ class ArbLatent:
     """What travels on an ARBSCALE_LATENT socket.
 
     latent: [B,C,h,w] (scaled) once denoised, else None; cond: the SR condition latent or None;
-    anchor: the condition's autoencoder error [B,3,ch,cw] for anchored SR models, else None;
+    guide: what SR decoding takes from the LR image (``pipeline.sr_guide``: the anchor and the LR
+    image for the consistency projection), else None;
     source_hw: the LR image's (H, W) for SR, or the requested output (H, W) for generation, so a
     scale has something to multiply.
     """
     model: ArbScaleModel
     source_hw: tuple[int, int]
     cond: torch.Tensor | None = None
-    anchor: torch.Tensor | None = None
+    guide: SRGuide | None = None
     latent: torch.Tensor | None = None
     latent_shape: tuple[int, ...] | None = None
     info: dict = field(default_factory=dict)
@@ -69,7 +70,7 @@ def encode_lr(model: ArbScaleModel, image: torch.Tensor) -> ArbLatent:
     with torch.no_grad():
         cond = encode_condition(model, x)
     return ArbLatent(model=model, source_hw=tuple(x.shape[-2:]), cond=cond,
-                     anchor=condition_anchor(model, x, cond))
+                     guide=sr_guide(model, x, cond))
 
 
 def empty_latent(model: ArbScaleModel, width: int, height: int, batch: int) -> ArbLatent:
@@ -99,7 +100,7 @@ def run_denoise(src: ArbLatent, steps: int, eta: float, seed: int, hooks: Hooks 
     hooks.check_interrupt()
     latent = denoise(src.model, src.cond, src.latent_shape, steps=steps, eta=eta, seed=seed, dtype=dtype,
                      callback=callback)
-    return ArbLatent(model=src.model, source_hw=src.source_hw, cond=src.cond, anchor=src.anchor, latent=latent,
+    return ArbLatent(model=src.model, source_hw=src.source_hw, cond=src.cond, guide=src.guide, latent=latent,
                      latent_shape=tuple(latent.shape), info={"steps": steps, "eta": eta, "seed": seed})
 
 
@@ -133,17 +134,22 @@ def target_size(source_hw: tuple[int, int], scale: float, width: int = 0, height
 def run_decode(src: ArbLatent, height: int, width: int, chunk: int, hooks: Hooks | None = None,
                dtype: torch.dtype | None = None, min_chunk: int = 1024) -> torch.Tensor:
     """Decode into an IMAGE [B,height,width,3] float 0..1, band by band, checking for interrupts
-    between bands; on out-of-memory the chunk halves (with a warning) down to ``min_chunk``."""
+    between bands; on out-of-memory the chunk halves (with a warning) down to ``min_chunk``.
+    hooks.progress(done, total) counts decoded rows, those of the consistency pass included."""
     hooks = hooks or Hooks()
     if src.latent is None:
         raise ValueError("ArbScale: this latent is not denoised yet; connect it through Latent Denoise first")
     check_size(width, height)
     if chunk < 1:
         raise ValueError(f"ArbScale: chunk must be positive, got {chunk}")
-    out = torch.empty((src.latent.shape[0], height, width, 3), dtype=torch.float32)
-    for y0, y1, band in decode_bands(src.model, src.latent, height, width, chunk, dtype, min_chunk=min_chunk,
-                                     anchor=src.anchor):
-        out[:, y0:y1] = bchw_to_image(band.float()).cpu()
-        hooks.progress(y1, height)
+
+    def progress(done: int, total: int) -> None:
+        hooks.progress(done, total)
         hooks.check_interrupt()
+
+    out = torch.empty((src.latent.shape[0], height, width, 3), dtype=torch.float32)
+    hooks.check_interrupt()
+    for y0, y1, band in decode_bands(src.model, src.latent, height, width, chunk, dtype, min_chunk=min_chunk,
+                                     guide=src.guide, progress=progress):
+        out[:, y0:y1] = bchw_to_image(band.float()).cpu()
     return out

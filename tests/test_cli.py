@@ -41,6 +41,48 @@ def test_upscale_folder_to_size(tmp_path, sr_ckpt, capsys):
     assert all(Image.open(p).size == (30, 20) for p in out.iterdir())
 
 
+def test_upscale_consistency_flag(tmp_path, sr_ckpt, capsys):
+    """By default the output, brought back to the input's size, gives the input; --no-consistency
+    leaves the model's own output."""
+    import numpy as np
+
+    src = write_png(tmp_path / "in.png", 12, 10)
+    errors = {}
+    for flag in ([], ["--no-consistency"]):
+        dst = tmp_path / f"out{len(flag)}.png"
+        rc, _, err = run_cli(["upscale", src, "-o", dst, "--scale", "3", "--steps", "1", "--model", sr_ckpt, *flag],
+                             capsys)
+        assert rc == 0, err
+        back = Image.open(dst).resize((12, 10), Image.BICUBIC, reducing_gap=None)
+        errors[bool(flag)] = np.abs(np.asarray(back, float) - np.asarray(Image.open(src), float)).mean()
+    assert errors[False] < errors[True] / 4, errors
+
+
+def test_upscale_ensemble_matches_core(tmp_path, sr_ckpt, capsys, monkeypatch):
+    import numpy as np
+    import torch
+
+    import arbscale_core.imageops as imageops
+    from arbscale_core.checkpoint import load_model
+    from arbscale_core.imageops import load_image, to_uint8
+    from arbscale_core.pipeline import upscale_tensor
+
+    src = write_png(tmp_path / "in.png", 9, 7)
+    dst = tmp_path / "out.png"
+    rc, _, err = run_cli(["upscale", src, "-o", dst, "--scale", "2.5", "--steps", "1", "--ensemble", "4",
+                          "--model", sr_ckpt], capsys)
+    assert rc == 0, err
+    expected = upscale_tensor(load_model(sr_ckpt), load_image(src), 18, 23, steps=1, ensemble=4)
+    assert np.array_equal(np.asarray(Image.open(dst)), to_uint8(expected * 2 - 1)[0])
+    assert not torch.equal(expected, upscale_tensor(load_model(sr_ckpt), load_image(src), 18, 23, steps=1))
+    monkeypatch.setattr(imageops, "STREAM_PIXELS", 100)
+    rc, _, err = run_cli(["upscale", src, "-o", tmp_path / "big.png", "--scale", "2.5", "--ensemble", "2",
+                          "--model", sr_ckpt], capsys)
+    assert rc == 2 and "--ensemble needs the output in memory" in err and not (tmp_path / "big.png").exists()
+    rc, _, err = run_cli(["upscale", src, "-o", dst, "--scale", "2", "--ensemble", "3", "--model", sr_ckpt], capsys)
+    assert rc == 2 and "ensemble" in err
+
+
 def test_generate_and_info(tmp_path, gen_ckpt, sr_ckpt, capsys):
     dst = tmp_path / "tex.png"
     rc, _, err = run_cli(["generate", "-o", dst, "--size", "40x24", "-n", "2", "--steps", "2", "--model", gen_ckpt],

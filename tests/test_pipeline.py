@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from arbscale_core.pipeline import (decode, decode_uint8, denoise, encode_condition, generate,
-                                    output_size, upscale)
+                                    output_size, sr_guide, upscale)
 
 
 @pytest.mark.parametrize("scale,expected", [(3.7, (37, 48)), (2, (20, 26)), (0.5, (5, 7)), (200, (2000, 2600))])
@@ -60,8 +60,11 @@ def test_one_latent_many_sizes(sr_model):
     for (h, w), out in zip(sizes, outs):
         assert out.shape == (1, 3, h, w)
     # the same latent decoded through the full pipeline gives the same picture
-    full = upscale(sr_model, img, size=(50, 37), steps=2, seed=1)
-    torch.testing.assert_close(full, outs[1])
+    plain = upscale(sr_model, img, size=(50, 37), steps=2, seed=1, consistency=False)
+    torch.testing.assert_close(plain, outs[1])
+    guide = sr_guide(sr_model, img, encode_condition(sr_model, img))
+    torch.testing.assert_close(upscale(sr_model, img, size=(50, 37), steps=2, seed=1),
+                               decode(sr_model, latent, 37, 50, guide=guide))
 
 
 def test_decode_uint8_matches_float(sr_model):
@@ -127,7 +130,7 @@ def test_anchor_makes_unchanged_latent_reproduce_condition_image(sr_model):
     condition image (the bicubic-resized LR) exactly: the autoencoder's error is added back."""
     from arbscale_core.imageops import resize
     from arbscale_core.model import ArbScaleModel
-    from arbscale_core.pipeline import condition_anchor
+    from arbscale_core.pipeline import SRGuide, condition_anchor
 
     assert condition_anchor(sr_model, torch.rand(1, 3, 6, 5), torch.zeros(1, 4, 6, 5)) is None
     model = ArbScaleModel(sr_model.config.replace(anchor=True)).eval()
@@ -138,7 +141,7 @@ def test_anchor_makes_unchanged_latent_reproduce_condition_image(sr_model):
     ch, cw = model.condition_size(7, 9)
     assert anchor.shape == (2, 3, ch, cw)
     expected = ((resize(lr * 2 - 1, ch, cw).clamp(-1, 1) + 1) / 2).clamp(0, 1)
-    torch.testing.assert_close(decode(model, cond, ch, cw, anchor=anchor), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(decode(model, cond, ch, cw, guide=SRGuide(anchor=anchor)), expected, atol=1e-5, rtol=0)
     # without the anchor the (random) autoencoder is far off
     assert (decode(model, cond, ch, cw) - expected).abs().mean() > 0.05
 
@@ -146,12 +149,86 @@ def test_anchor_makes_unchanged_latent_reproduce_condition_image(sr_model):
 def test_anchor_bands_equal_whole_resize(sr_model):
     """Banded decoding adds exactly resize(anchor) to each band, at any output size."""
     from arbscale_core.imageops import resize
+    from arbscale_core.pipeline import SRGuide
 
     latent = torch.randn(1, 4, 5, 6)
     anchor = torch.randn(1, 3, 20, 24) * 0.1
     for h, w in [(37, 29), (12, 50)]:
         with torch.no_grad():
             plain = sr_model.decode(latent, h, w)  # -1..1, unclamped
-        banded = decode(sr_model, latent, h, w, chunk=w * 3, anchor=anchor)
+        banded = decode(sr_model, latent, h, w, chunk=w * 3, guide=SRGuide(anchor=anchor))
         expected = ((plain + resize(anchor, h, w) + 1) / 2).clamp(0, 1)
         torch.testing.assert_close(banded, expected, atol=1e-5, rtol=0)
+
+
+def _lr_error(out: torch.Tensor, lr: torch.Tensor) -> float:
+    from arbscale_core.imageops import resize
+
+    return float((resize(out * 2 - 1, *lr.shape[-2:]) - (lr * 2 - 1)).abs().mean())
+
+
+@pytest.mark.parametrize("size", [(23, 31), (40, 40), (90, 70)])  # (H, W): x~2.5, x4 non-square, x10 and x7
+def test_consistency_projection_gives_back_the_lr(sr_model, size):
+    """Brought back to the LR size, the projected output matches the input (the random model alone
+    is far off); above CONSISTENCY_PROXY x the LR, measuring on the proxy still gets close."""
+    torch.manual_seed(0)
+    lr = torch.rand(1, 3, 9, 10) * 0.6 + 0.2
+    h, w = size
+    plain = upscale(sr_model, lr, size=(w, h), steps=1, consistency=False)
+    projected = upscale(sr_model, lr, size=(w, h), steps=1)
+    before, after = _lr_error(plain, lr), _lr_error(projected, lr)
+    assert before > 0.05
+    assert after < before / 10, (before, after)
+
+
+def test_consistency_cached_and_two_pass_decoding_agree(sr_model, monkeypatch):
+    """Up to the proxy scale the measured decode is kept; decoding twice gives the same image, in
+    bands from any start row."""
+    import arbscale_core.pipeline as pipeline
+
+    lr = torch.rand(1, 3, 8, 11)
+    latent = denoise(sr_model, encode_condition(sr_model, lr), steps=1)
+    guide = sr_guide(sr_model, lr, encode_condition(sr_model, lr))
+    kept = decode(sr_model, latent, 29, 41, chunk=41 * 4, guide=guide)
+    monkeypatch.setattr(pipeline, "CONSISTENCY_CACHE_PIXELS", 0)
+    twice = decode(sr_model, latent, 29, 41, chunk=41 * 4, guide=guide)
+    torch.testing.assert_close(kept, twice, atol=1e-5, rtol=0)
+    tail = [b for _, _, b in pipeline.decode_bands(sr_model, latent, 29, 41, 41 * 4, start_row=12, guide=guide)]
+    torch.testing.assert_close(torch.cat(tail, dim=2), kept[:, :, 12:], atol=1e-5, rtol=0)
+
+
+def test_consistency_measures_on_a_bounded_proxy(sr_model):
+    """At x12 the measuring pass decodes CONSISTENCY_PROXY x the LR rows, not the output's, and
+    progress counts both passes; outputs smaller than the LR are left alone."""
+    from arbscale_core.pipeline import CONSISTENCY_PROXY
+
+    lr = torch.rand(1, 3, 6, 7)
+    cond = encode_condition(sr_model, lr)
+    latent = denoise(sr_model, cond, steps=1)
+    guide = sr_guide(sr_model, lr, cond)
+    seen = []
+    decode(sr_model, latent, 72, 84, chunk=84 * 8, guide=guide, progress=lambda d, t: seen.append((d, t)))
+    total = CONSISTENCY_PROXY * 6 + 72
+    assert seen[-1] == (total, total) and all(t == total for _, t in seen)
+    assert any(d == CONSISTENCY_PROXY * 6 for d, _ in seen)  # the proxy pass ended there
+    small = decode(sr_model, latent, 4, 5, guide=guide)
+    torch.testing.assert_close(small, decode(sr_model, latent, 4, 5, guide=sr_guide(sr_model, lr, cond, False)))
+
+
+def test_self_ensemble_transforms_round_trip_and_average(sr_model):
+    """Every dihedral transform is undone exactly; an ensemble of 2 is the mean of the plain run and
+    the run on the transposed input, transposed back."""
+    from arbscale_core.pipeline import DIHEDRAL, _transform, upscale_tensor
+
+    x = torch.rand(1, 3, 5, 7)
+    outs = {_transform(x, t).shape[-2:] for t in DIHEDRAL}
+    assert outs == {(5, 7), (7, 5)}
+    assert len({tuple(_transform(x, t).flatten().tolist()) for t in DIHEDRAL}) == 8
+    for t in DIHEDRAL:
+        assert torch.equal(_transform(_transform(x, t), t, inverse=True), x)
+    lr = torch.rand(1, 3, 6, 9)
+    one = upscale_tensor(sr_model, lr, 14, 20, steps=1)
+    transposed = upscale_tensor(sr_model, lr.transpose(-2, -1), 20, 14, steps=1).transpose(-2, -1)
+    torch.testing.assert_close(upscale_tensor(sr_model, lr, 14, 20, steps=1, ensemble=2), (one + transposed) / 2)
+    with pytest.raises(ValueError, match="ensemble"):
+        upscale_tensor(sr_model, lr, 14, 20, ensemble=3)
