@@ -353,7 +353,8 @@ DIHEDRAL = ((False, False, False), (True, False, False), (False, True, True), (T
 ENSEMBLE_SIZES = (1, 2, 4, 8)
 
 
-def _transform(x: torch.Tensor, t: tuple[bool, bool, bool], inverse: bool = False) -> torch.Tensor:
+def dihedral(x: torch.Tensor, t: tuple[bool, bool, bool], inverse: bool = False) -> torch.Tensor:
+    """Apply (or undo) one of DIHEDRAL to the last two dimensions of x."""
     transpose, flip_rows, flip_cols = t
     flips = [d for d, f in ((-2, flip_rows), (-1, flip_cols)) if f]
     if not inverse:
@@ -361,6 +362,12 @@ def _transform(x: torch.Tensor, t: tuple[bool, bool, bool], inverse: bool = Fals
         return x.flip(flips) if flips else x
     x = x.flip(flips) if flips else x
     return x.transpose(-2, -1) if transpose else x
+
+
+def check_ensemble(ensemble: int) -> int:
+    if ensemble not in ENSEMBLE_SIZES:
+        raise ValueError(f"ensemble must be one of {ENSEMBLE_SIZES}, got {ensemble}")
+    return ensemble
 
 
 def upscale_tensor(model: ArbScaleModel, image: torch.Tensor, height: int, width: int,
@@ -371,16 +378,15 @@ def upscale_tensor(model: ArbScaleModel, image: torch.Tensor, height: int, width
     so that brought back to the LR size it gives the input (``lr_correction``). ``ensemble`` (1, 2, 4
     or 8): average that many runs on flipped / transposed copies of the input (geometric
     self-ensemble: higher PSNR for that many times the work; the output is assembled in memory)."""
-    if ensemble not in ENSEMBLE_SIZES:
-        raise ValueError(f"ensemble must be one of {ENSEMBLE_SIZES}, got {ensemble}")
+    check_ensemble(ensemble)
     total = None
     for t in DIHEDRAL[:ensemble]:
-        x = _transform(image, t)
+        x = dihedral(image, t)
         th, tw = (width, height) if t[0] else (height, width)
         cond = encode_condition(model, x)
         latent = denoise(model, cond, steps=steps, eta=eta, seed=seed, dtype=dtype, callback=callback)
         out = decode(model, latent, th, tw, chunk, dtype, guide=sr_guide(model, x, cond, consistency))
-        out = _transform(out, t, inverse=True)
+        out = dihedral(out, t, inverse=True)
         total = out if total is None else total + out
     return total / ensemble
 

@@ -83,6 +83,8 @@ def sampling_inputs() -> list:
             io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True)]
 
 
+CONSISTENCY = dict(default=True, tooltip="SR: correct the output so that, brought back to the input's size, it "
+                                         "gives the input (iterative back-projection; no effect on generation)")
 CHUNK = dict(default=65536, min=1024, max=16777216, step=1024, tooltip="pixels decoded at a time (memory)")
 
 
@@ -159,15 +161,16 @@ class ArbScaleImplicitDecode(io.ComfyNode):
                          description="Decode a denoised latent at any scale or size (one latent, many sizes).",
                          inputs=[ArbLatent.Input("latent"), io.Float.Input("scale", **SCALE),
                                  io.Int.Input("width", **WIDTH), io.Int.Input("height", **HEIGHT),
-                                 io.Int.Input("chunk", **CHUNK)],
+                                 io.Int.Input("chunk", **CHUNK), io.Boolean.Input("lr_consistency", **CONSISTENCY)],
                          outputs=[io.Image.Output(display_name="image")])
 
     @classmethod
-    def execute(cls, latent, scale, width, height, chunk) -> io.NodeOutput:
+    def execute(cls, latent, scale, width, height, chunk, lr_consistency=True) -> io.NodeOutput:
         h, w = logic.target_size(latent.source_hw, scale, width, height)
         model, device = _on_device(latent.model)
         try:
-            image = logic.run_decode(latent, h, w, chunk, _Progress(h).hooks(), autocast_dtype(device))
+            image = logic.run_decode(latent, h, w, chunk, _Progress(h).hooks(), autocast_dtype(device),
+                                     consistency=lr_consistency)
         finally:
             _offload(model)
         return io.NodeOutput(image, ui={"arbscale_size": [f"{w}x{h}"]})
@@ -180,26 +183,23 @@ class ArbScaleUpscale(io.ComfyNode):
                          description="All in one: encode, denoise and decode at any scale or size.",
                          inputs=[ArbModel.Input("model"), io.Image.Input("image"), io.Float.Input("scale", **SCALE),
                                  io.Int.Input("width", **WIDTH), io.Int.Input("height", **HEIGHT),
-                                 *sampling_inputs(), io.Int.Input("chunk", **CHUNK)],
+                                 *sampling_inputs(), io.Int.Input("chunk", **CHUNK),
+                                 io.Boolean.Input("lr_consistency", **CONSISTENCY),
+                                 io.Int.Input("ensemble", default=1, min=1, max=8,
+                                              tooltip="geometric self-ensemble: average 1, 2, 4 or 8 runs on "
+                                                      "flipped/transposed copies (more PSNR, that many times the work)")],
                          outputs=[io.Image.Output(display_name="image")])
 
     @classmethod
-    def execute(cls, model, image, scale, width, height, steps, eta, seed, chunk) -> io.NodeOutput:
+    def execute(cls, model, image, scale, width, height, steps, eta, seed, chunk, lr_consistency=True,
+                ensemble=1) -> io.NodeOutput:
         source_hw = (image.shape[1], image.shape[2])
         h, w = logic.target_size(source_hw, scale, width, height)
         model, device = _on_device(model)
-        steps = steps or default_steps(model)
-        dtype = autocast_dtype(device)
-        progress = _Progress(steps + h)
+        progress = _Progress(100)
         try:
-            encoded = logic.encode_lr(model, image)
-            hooks = progress.hooks()
-            denoised = logic.run_denoise(encoded, steps, eta, seed, logic.Hooks(
-                progress=lambda i, n: progress.bar.update_absolute(i, steps + h),
-                check_interrupt=hooks.check_interrupt), dtype)
-            image_out = logic.run_decode(denoised, h, w, chunk, logic.Hooks(
-                progress=lambda done, total: progress.bar.update_absolute(steps + done * h // total, steps + h),
-                check_interrupt=hooks.check_interrupt), dtype)
+            image_out = logic.run_upscale(model, image, h, w, steps, eta, seed, chunk, progress.hooks(),
+                                          autocast_dtype(device), consistency=lr_consistency, ensemble=ensemble)
         finally:
             _offload(model)
         return io.NodeOutput(image_out, ui={"arbscale_size": [f"{w}x{h}"]})

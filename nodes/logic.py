@@ -5,6 +5,7 @@ ComfyUI provides (progress bar, interrupt check) so the same code runs with or w
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +15,9 @@ import torch
 
 from arbscale_core.checkpoint import CheckpointError, load_model
 from arbscale_core.model import ArbScaleModel
-from arbscale_core.pipeline import (MAX_OUTPUT_PIXELS, SRGuide, decode_bands, default_steps, denoise, encode_condition,
-                                    check_scale, generation_latent_size, scaled_side, sr_guide)
+from arbscale_core.pipeline import (DIHEDRAL, MAX_OUTPUT_PIXELS, SRGuide, check_ensemble, check_scale, decode_bands,
+                                    default_steps, denoise, dihedral, encode_condition, generation_latent_size,
+                                    scaled_side, sr_guide)
 
 MAX_SIDE = 65536  # widgets allow at most this; larger is surely a mistake
 
@@ -132,16 +134,20 @@ def target_size(source_hw: tuple[int, int], scale: float, width: int = 0, height
 
 
 def run_decode(src: ArbLatent, height: int, width: int, chunk: int, hooks: Hooks | None = None,
-               dtype: torch.dtype | None = None, min_chunk: int = 1024) -> torch.Tensor:
+               dtype: torch.dtype | None = None, min_chunk: int = 1024, consistency: bool = True) -> torch.Tensor:
     """Decode into an IMAGE [B,height,width,3] float 0..1, band by band, checking for interrupts
     between bands; on out-of-memory the chunk halves (with a warning) down to ``min_chunk``.
-    hooks.progress(done, total) counts decoded rows, those of the consistency pass included."""
+    ``consistency``: SR outputs get the LR-consistency projection. hooks.progress(done, total)
+    counts decoded rows, those of the consistency pass included."""
     hooks = hooks or Hooks()
     if src.latent is None:
         raise ValueError("ArbScale: this latent is not denoised yet; connect it through Latent Denoise first")
     check_size(width, height)
     if chunk < 1:
         raise ValueError(f"ArbScale: chunk must be positive, got {chunk}")
+    guide = src.guide
+    if guide is not None and not consistency:
+        guide = dataclasses.replace(guide, lr=None) if guide.anchor is not None else None
 
     def progress(done: int, total: int) -> None:
         hooks.progress(done, total)
@@ -150,6 +156,36 @@ def run_decode(src: ArbLatent, height: int, width: int, chunk: int, hooks: Hooks
     out = torch.empty((src.latent.shape[0], height, width, 3), dtype=torch.float32)
     hooks.check_interrupt()
     for y0, y1, band in decode_bands(src.model, src.latent, height, width, chunk, dtype, min_chunk=min_chunk,
-                                     guide=src.guide, progress=progress):
+                                     guide=guide, progress=progress):
         out[:, y0:y1] = bchw_to_image(band.float()).cpu()
     return out
+
+
+def run_upscale(model: ArbScaleModel, image: torch.Tensor, height: int, width: int, steps: int, eta: float,
+                seed: int, chunk: int, hooks: Hooks | None = None, dtype: torch.dtype | None = None,
+                consistency: bool = True, ensemble: int = 1) -> torch.Tensor:
+    """IMAGE [B,h,w,C] -> IMAGE [B,height,width,3]: encode, denoise, decode, for each of ``ensemble``
+    flipped/transposed copies (geometric self-ensemble), averaged. hooks.progress runs over all of
+    it (each member: its steps, then its decoded rows, weighted as ``height`` rows)."""
+    hooks = hooks or Hooks()
+    try:
+        check_ensemble(ensemble)
+    except ValueError as exc:
+        raise ValueError(f"ArbScale: {exc}") from None
+    steps = steps or default_steps(model)
+    x = image_to_bchw(image)
+    span = steps + height
+    total = None
+    for k, t in enumerate(DIHEDRAL[:ensemble]):
+        th, tw = (width, height) if t[0] else (height, width)
+        member = bchw_to_image(dihedral(x, t))
+        encoded = encode_lr(model, member)
+        denoised = run_denoise(encoded, steps, eta, seed, Hooks(
+            progress=lambda i, n, k=k: hooks.progress(k * span + i, ensemble * span),
+            check_interrupt=hooks.check_interrupt), dtype)
+        out = run_decode(denoised, th, tw, chunk, Hooks(
+            progress=lambda done, rows, k=k: hooks.progress(k * span + steps + done * height // rows, ensemble * span),
+            check_interrupt=hooks.check_interrupt), dtype, consistency=consistency)
+        out = bchw_to_image(dihedral(out.permute(0, 3, 1, 2), t, inverse=True))
+        total = out if total is None else total + out
+    return total / ensemble

@@ -156,3 +156,33 @@ def test_zero_steps_means_model_default(sr_model, gen_model):
     assert den.info["steps"] == DEFAULT_STEPS["sr"]
     den = logic.run_denoise(logic.empty_latent(gen_model, 16, 16, 1), 0, 0.0, 0)
     assert den.info["steps"] == DEFAULT_STEPS["gen"]
+
+
+def test_upscale_node_ensemble_and_consistency_match_core(sr_model):
+    """run_upscale (the Upscale node) equals the core's upscale_tensor with the same options, its
+    progress runs once over every member, and lr_consistency=False leaves the model's output."""
+    image = torch.rand(1, 7, 10, 3)
+    seen = []
+    out = logic.run_upscale(sr_model, image, 17, 25, 2, 0.0, 3, 4096,
+                            logic.Hooks(progress=lambda d, t: seen.append((d, t))), ensemble=2)
+    ref = upscale_tensor(sr_model, image.permute(0, 3, 1, 2), 17, 25, steps=2, seed=3, ensemble=2)
+    torch.testing.assert_close(out, ref.permute(0, 2, 3, 1))
+    assert seen[-1] == (2 * (2 + 17), 2 * (2 + 17)) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    plain = logic.run_upscale(sr_model, image, 17, 25, 2, 0.0, 3, 4096, consistency=False)
+    ref = upscale_tensor(sr_model, image.permute(0, 3, 1, 2), 17, 25, steps=2, seed=3, consistency=False)
+    torch.testing.assert_close(plain, ref.permute(0, 2, 3, 1))
+    with pytest.raises(ValueError, match="ArbScale: ensemble must be one of"):
+        logic.run_upscale(sr_model, image, 17, 25, 1, 0.0, 0, 4096, ensemble=3)
+
+
+def test_decode_node_consistency_toggle_keeps_the_anchor(sr_model):
+    from arbscale_core.model import ArbScaleModel
+    from arbscale_core.pipeline import SRGuide, decode
+
+    model = ArbScaleModel(sr_model.config.replace(anchor=True)).eval()
+    model.load_state_dict(sr_model.state_dict())
+    den = logic.run_denoise(logic.encode_lr(model, torch.rand(1, 6, 8, 3)), 1, 0.0, 0)
+    off = logic.run_decode(den, 20, 26, 4096, consistency=False)
+    expected = decode(model, den.latent, 20, 26, guide=SRGuide(anchor=den.guide.anchor)).permute(0, 2, 3, 1)
+    torch.testing.assert_close(off, expected)
+    assert not torch.allclose(logic.run_decode(den, 20, 26, 4096), off)

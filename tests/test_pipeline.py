@@ -218,14 +218,14 @@ def test_consistency_measures_on_a_bounded_proxy(sr_model):
 def test_self_ensemble_transforms_round_trip_and_average(sr_model):
     """Every dihedral transform is undone exactly; an ensemble of 2 is the mean of the plain run and
     the run on the transposed input, transposed back."""
-    from arbscale_core.pipeline import DIHEDRAL, _transform, upscale_tensor
+    from arbscale_core.pipeline import DIHEDRAL, dihedral, upscale_tensor
 
     x = torch.rand(1, 3, 5, 7)
-    outs = {_transform(x, t).shape[-2:] for t in DIHEDRAL}
+    outs = {dihedral(x, t).shape[-2:] for t in DIHEDRAL}
     assert outs == {(5, 7), (7, 5)}
-    assert len({tuple(_transform(x, t).flatten().tolist()) for t in DIHEDRAL}) == 8
+    assert len({tuple(dihedral(x, t).flatten().tolist()) for t in DIHEDRAL}) == 8
     for t in DIHEDRAL:
-        assert torch.equal(_transform(_transform(x, t), t, inverse=True), x)
+        assert torch.equal(dihedral(dihedral(x, t), t, inverse=True), x)
     lr = torch.rand(1, 3, 6, 9)
     one = upscale_tensor(sr_model, lr, 14, 20, steps=1)
     transposed = upscale_tensor(sr_model, lr.transpose(-2, -1), 20, 14, steps=1).transpose(-2, -1)
