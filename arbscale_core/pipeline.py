@@ -37,10 +37,10 @@ MIN_CHUNK = 1024   # ... and here (pixels per decode chunk)
 MAX_OUTPUT_PIXELS = 2 ** 31  # beyond this even a uint8 canvas is impractical on one machine
 # LR-consistency projection (``lr_correction``): the output is measured on a proxy of at most this
 # many times the LR size per side; the correction is iterated this many times; outputs up to this
-# many pixels are decoded once and kept (float32, 12 bytes a pixel) rather than decoded twice.
+# many pixels are decoded once and kept (float32, 12 bytes a pixel: 96 MB) rather than decoded twice.
 CONSISTENCY_PROXY = 4
 CONSISTENCY_ITERS = 3
-CONSISTENCY_CACHE_PIXELS = 1 << 24
+CONSISTENCY_CACHE_PIXELS = 1 << 23
 
 
 def check_scale(scale: float) -> float:
@@ -196,10 +196,6 @@ def _empty_cache(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _band_rows(height: int, width: int, chunk: int) -> int:
-    return max(1, min(height, chunk // max(1, width)))
-
-
 class _LowRes:
     """A low-resolution image [B,3,lh,lw] added to the output, resized band by band: a band of
     rows of resize(img) costs only that band, rows_m[y0:y1] @ img @ cols_mt."""
@@ -244,16 +240,17 @@ def _raw_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width: i
 def lr_correction(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int, guide: SRGuide,
                   chunk: int = DEFAULT_CHUNK, dtype: torch.dtype | None = None, min_chunk: int = MIN_CHUNK,
                   progress: Callable[[int, int], None] | None = None,
-                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  ) -> tuple[torch.Tensor, list[tuple[int, int, torch.Tensor]] | None]:
     """Back-projection onto the LR input: a correction c [B,3,h,w] (LR size, -1..1 units) such
     that output + resize(c), brought back to the LR size, gives (nearly) the LR image.
 
     The decoded output is measured on a proxy of at most CONSISTENCY_PROXY x the LR size per side
     (bringing it down to the LR size averages away what the proxy cannot hold), so the cost is
     bounded at any scale; up to that scale the proxy is the output itself. The correction is
-    iterated CONSISTENCY_ITERS times at the proxy size. Returns (c, the decoded output [B,3,H,W]
-    clamped to -1..1 when the proxy is the output and at most CONSISTENCY_CACHE_PIXELS, so it
-    need not be decoded twice; else None). ``progress(rows, proxy height)`` after each band."""
+    iterated CONSISTENCY_ITERS times at the proxy size. Returns (c, the decoded output's bands
+    [(y0, y1, [B,3,y1-y0,W] clamped to -1..1)] when the proxy is the output and at most
+    CONSISTENCY_CACHE_PIXELS, so it need not be decoded twice; else None).
+    ``progress(rows, proxy height)`` after each band."""
     lr = guide.lr.to(next(model.parameters()).device, torch.float32)
     h, w = lr.shape[-2:]
     ph, pw = min(height, CONSISTENCY_PROXY * h), min(width, CONSISTENCY_PROXY * w)
@@ -267,7 +264,7 @@ def lr_correction(model: ArbScaleModel, latent: torch.Tensor, height: int, width
         band = band.clamp(-1, 1)  # what the output holds
         measured += down_rows[:, y0:y1] @ band @ down_cols_t
         if keep:
-            bands.append(band)
+            bands.append((y0, y1, band))
         if progress:
             progress(y1, ph)
     # each correction step leaves the residual r - down(up(r)) for the next
@@ -278,7 +275,7 @@ def lr_correction(model: ArbScaleModel, latent: torch.Tensor, height: int, width
     for _ in range(CONSISTENCY_ITERS):
         correction = correction + residual
         residual = residual - round_trip_rows @ residual @ round_trip_cols_t
-    return correction, (torch.cat(bands, dim=2) if keep else None)
+    return correction, (bands if keep else None)
 
 
 @torch.no_grad()
@@ -302,14 +299,14 @@ def decode_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width:
         measure_rows = min(height, CONSISTENCY_PROXY * guide.lr.shape[-2])
         cached = measure_rows == height and height * width <= CONSISTENCY_CACHE_PIXELS
         total = measure_rows + (0 if cached else height)
-        correction, decoded = lr_correction(model, latent, height, width, guide, chunk, dtype, min_chunk,
-                                            progress and (lambda done, _: progress(done, total)))
-        if decoded is not None:
-            fix = _LowRes(correction, height, width, decoded.device)
-            rows = _band_rows(height, width, chunk)
-            for y0 in range(start_row, height, rows):
-                y1 = min(height, y0 + rows)
-                yield y0, y1, ((decoded[:, :, y0:y1] + fix.band(y0, y1) + 1) / 2).clamp(0, 1)
+        correction, kept = lr_correction(model, latent, height, width, guide, chunk, dtype, min_chunk,
+                                         progress and (lambda done, _: progress(done, total)))
+        if kept is not None:
+            fix = _LowRes(correction, height, width, correction.device)
+            for y0, y1, band in kept:
+                if y1 > start_row:
+                    y0, band = max(y0, start_row), band[:, :, max(0, start_row - y0):]
+                    yield y0, y1, ((band + fix.band(y0, y1) + 1) / 2).clamp(0, 1)
             return
         added.append(correction)
     for y0, y1, band in _raw_bands(model, latent, height, width, chunk, dtype, start_row, min_chunk, added):
@@ -346,8 +343,8 @@ def decode_uint8(model: ArbScaleModel, latent: torch.Tensor, height: int, width:
     return canvas
 
 
-# The dihedral transforms of the image plane, as (transpose, flip rows, flip columns); ordered so
-# that the first 2 and the first 4 are the most different from each other.
+# The dihedral transforms of the image plane, as (transpose, flip rows, flip columns); the first 2
+# and the first 4 mix transposed and untransposed copies.
 DIHEDRAL = ((False, False, False), (True, False, False), (False, True, True), (True, True, True),
             (False, False, True), (False, True, False), (True, False, True), (True, True, False))
 ENSEMBLE_SIZES = (1, 2, 4, 8)
