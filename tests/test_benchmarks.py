@@ -46,3 +46,29 @@ def test_latent_vs_pixel_quick():
     for r in rows:
         cells = [c.strip() for c in r.split("|")]
         assert float(cells[4]) > 0 and float(cells[5]) > 0 and float(cells[6]) > 0  # times and ratio
+
+
+def test_sr_options_runs(sr_ckpt):
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sr_options.py"), "--model", str(sr_ckpt),
+                          "--side", "12", "--scales", "3", "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "| ×3 | 36² | ensemble 8 |" in res.stdout and "| ×3 | 36² | default (projection) | " in res.stdout
+
+
+def test_liif_baseline_trains_and_evaluates(tmp_path, sr_ckpt):
+    """A few seconds of the regression baseline's training, then the comparison table: the script
+    works end to end (its figures come from the 25-minute run in the model card)."""
+    data = tmp_path / "photos"
+    data.mkdir()
+    for i in range(3):
+        write_png(data / f"{i}.png", 150 + 4 * i, 148, seed=i)
+    script = str(ROOT / "benchmarks" / "liif_baseline.py")
+    res = subprocess.run([sys.executable, script, "train", "--data", str(data), "--out", str(tmp_path / "run"),
+                          "--minutes", "0.05", "--batch", "2", "--queries", "8", "--threads", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = subprocess.run([sys.executable, script, "eval", "--weights", str(tmp_path / "run" / "liif.safetensors"),
+                          "--data", str(data), "--model", str(sr_ckpt), "--scales", "2,4", "--quick", "--threads", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "| liif baseline | " in res.stdout and "| ours | " in res.stdout and "| bicubic | " in res.stdout
