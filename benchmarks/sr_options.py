@@ -1,11 +1,11 @@
 """Cost of the SR inference options: the LR-consistency projection and the self-ensemble.
 
     python benchmarks/sr_options.py [--model arbscale_core/weights/arbscale_sr_tiny.safetensors] \
-        [--side 128] [--scales 4,8] [--threads 2]
+        [--side 128] [--scales 4,8] [--threads 2] [--repeats 1]
 
-Times ``upscale_tensor`` on one validation-sized LR image (a deterministic synthetic photo-like
-image: their quality is measured by ``arbscale eval``) for each option, best of 2 runs after a
-warm-up, and prints seconds and the ratio to the default (1 member, projection on).
+Times ``upscale_tensor`` on one LR image (a deterministic synthetic image: quality is measured by
+``arbscale eval``) for each option, the best of --repeats runs after a warm-up, and prints seconds
+and the ratio to the default (1 member, projection on).
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     p.add_argument("--side", type=int, default=128)
     p.add_argument("--scales", default="4,8")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from arbscale_core.pipeline import upscale_tensor
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
         times = {}
         for name, consistency, ensemble in OPTIONS:
             best = float("inf")
-            for _ in range(2):
+            for _ in range(args.repeats):
                 t0 = time.perf_counter()
                 upscale_tensor(model, lr, side, side, consistency=consistency, ensemble=ensemble)
                 best = min(best, time.perf_counter() - t0)
