@@ -210,7 +210,7 @@ def _upscale_ensemble_to_file(model, img, h: int, w: int, target: Path, args, dt
     bar = _progress_bar(args.steps * args.ensemble, f"{name}: denoise x{args.ensemble}")
     out = upscale_tensor(model, img, h, w, steps=args.steps, eta=args.eta, seed=args.seed, chunk=args.chunk,
                          dtype=dtype, callback=lambda i, n, x0: bar.update(1), consistency=args.consistency,
-                         ensemble=args.ensemble)
+                         ensemble=args.ensemble, tile=args.tile)
     bar.close()
     try:
         save_image(to_uint8(out * 2 - 1)[0], target)

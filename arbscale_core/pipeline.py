@@ -370,7 +370,8 @@ def check_ensemble(ensemble: int) -> int:
 def upscale_tensor(model: ArbScaleModel, image: torch.Tensor, height: int, width: int,
                    steps: int | None = None, eta: float = DEFAULT_ETA, seed: int = 0,
                    chunk: int = DEFAULT_CHUNK, dtype: torch.dtype | None = None,
-                   callback: Callback | None = None, consistency: bool = True, ensemble: int = 1) -> torch.Tensor:
+                   callback: Callback | None = None, consistency: bool = True, ensemble: int = 1,
+                   tile: int = DEFAULT_TILE) -> torch.Tensor:
     """image [B,3,h,w] in 0..1 -> [B,3,height,width] in 0..1. ``consistency``: correct the output
     so that brought back to the LR size it gives the input (``lr_correction``). ``ensemble`` (1, 2, 4
     or 8): average that many runs on flipped / transposed copies of the input (geometric
@@ -381,7 +382,7 @@ def upscale_tensor(model: ArbScaleModel, image: torch.Tensor, height: int, width
         x = dihedral(image, t)
         th, tw = (width, height) if t[0] else (height, width)
         cond = encode_condition(model, x)
-        latent = denoise(model, cond, steps=steps, eta=eta, seed=seed, dtype=dtype, callback=callback)
+        latent = denoise(model, cond, steps=steps, eta=eta, seed=seed, dtype=dtype, callback=callback, tile=tile)
         out = decode(model, latent, th, tw, chunk, dtype, guide=sr_guide(model, x, cond, consistency))
         out = dihedral(out, t, inverse=True)
         total = out if total is None else total + out
