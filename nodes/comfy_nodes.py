@@ -185,21 +185,22 @@ class ArbScaleUpscale(io.ComfyNode):
                                  io.Int.Input("width", **WIDTH), io.Int.Input("height", **HEIGHT),
                                  *sampling_inputs(), io.Int.Input("chunk", **CHUNK),
                                  io.Boolean.Input("lr_consistency", **CONSISTENCY),
-                                 io.Int.Input("ensemble", default=1, min=1, max=8,
-                                              tooltip="geometric self-ensemble: average 1, 2, 4 or 8 runs on "
-                                                      "flipped/transposed copies (more PSNR, that many times the work)")],
+                                 io.Combo.Input("ensemble", options=["1", "2", "4", "8"], default="1",
+                                                tooltip="geometric self-ensemble: average this many runs on "
+                                                        "flipped/transposed copies (more PSNR, that many times the work)")],
                          outputs=[io.Image.Output(display_name="image")])
 
     @classmethod
     def execute(cls, model, image, scale, width, height, steps, eta, seed, chunk, lr_consistency=True,
-                ensemble=1) -> io.NodeOutput:
+                ensemble="1") -> io.NodeOutput:
         source_hw = (image.shape[1], image.shape[2])
         h, w = logic.target_size(source_hw, scale, width, height)
         model, device = _on_device(model)
         progress = _Progress(100)
         try:
             image_out = logic.run_upscale(model, image, h, w, steps, eta, seed, chunk, progress.hooks(),
-                                          autocast_dtype(device), consistency=lr_consistency, ensemble=ensemble)
+                                          autocast_dtype(device), consistency=lr_consistency,
+                                          ensemble=int(ensemble))
         finally:
             _offload(model)
         return io.NodeOutput(image_out, ui={"arbscale_size": [f"{w}x{h}"]})

@@ -48,6 +48,15 @@ def test_upscale_workflow(result):
     assert [size for _, size in run["saved"]] == [[803, 555]]  # 217x150 x 3.7
 
 
+def test_upscale_node_options(result):
+    run = result["upscale_options"]
+    assert run["valid"] and run["success"], run
+    assert [size for _, size in run["saved"]] == [[803, 555]]
+    bad = result["bad_ensemble"]  # not one of the combo's options: refused, before or while running
+    assert not bad["valid"] or (not bad["success"] and "ensemble must be one of" in
+                                bad["errors"][0]["exception_message"]), bad
+
+
 def test_one_latent_many_scales_workflow(result):
     run = result["arbscale_one_latent_many_scales"]
     assert run["valid"] and run["success"], run

@@ -87,6 +87,13 @@ async def main():
         graph = with_models(json.loads((api / f"{name}.json").read_text()))
         result[name] = await run_prompt(graph, f"p{i}")
 
+    # The Upscale node's options through a real prompt: ensemble of 2, projection off.
+    graph = with_models(json.loads((api / "arbscale_upscale.json").read_text()))
+    graph["3"]["inputs"].update(ensemble="2", lr_consistency=False)
+    result["upscale_options"] = await run_prompt(graph, "options")
+    graph["3"]["inputs"]["ensemble"] = "3"
+    result["bad_ensemble"] = await run_prompt(graph, "badensemble")
+
     # Bad input: a scale of 0 reaches the node through the API (the UI's min would stop it).
     graph = with_models(json.loads((api / "arbscale_upscale.json").read_text()))
     graph["3"]["inputs"]["scale"] = 0.0
