@@ -236,6 +236,13 @@ def _raw_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width: i
             _empty_cache(device)
 
 
+def _consistency_proxy(height: int, width: int, lr_hw: tuple[int, int]) -> tuple[int, int, bool]:
+    """(rows, columns) of the decode the LR-consistency residual is measured on, and whether that
+    decode is the output itself and small enough to keep (CONSISTENCY_CACHE_PIXELS)."""
+    ph, pw = min(height, CONSISTENCY_PROXY * lr_hw[0]), min(width, CONSISTENCY_PROXY * lr_hw[1])
+    return ph, pw, (ph, pw) == (height, width) and height * width <= CONSISTENCY_CACHE_PIXELS
+
+
 @torch.no_grad()
 def lr_correction(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int, guide: SRGuide,
                   chunk: int = DEFAULT_CHUNK, dtype: torch.dtype | None = None, min_chunk: int = MIN_CHUNK,
@@ -253,10 +260,9 @@ def lr_correction(model: ArbScaleModel, latent: torch.Tensor, height: int, width
     ``progress(rows, proxy height)`` after each band."""
     lr = guide.lr.to(next(model.parameters()).device, torch.float32)
     h, w = lr.shape[-2:]
-    ph, pw = min(height, CONSISTENCY_PROXY * h), min(width, CONSISTENCY_PROXY * w)
+    ph, pw, keep = _consistency_proxy(height, width, (h, w))
     down_rows = resize_matrix(ph, h).to(lr.device)      # [h, ph]
     down_cols_t = resize_matrix(pw, w).to(lr.device).T  # [pw, w]
-    keep = (ph, pw) == (height, width) and height * width <= CONSISTENCY_CACHE_PIXELS
     bands = []
     measured = torch.zeros_like(lr)
     added = [guide.anchor] if guide.anchor is not None else []
@@ -296,9 +302,8 @@ def decode_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width:
         added.append(guide.anchor)
     measure_rows = 0
     if guide is not None and guide.lr is not None and height >= guide.lr.shape[-2] and width >= guide.lr.shape[-1]:
-        measure_rows = min(height, CONSISTENCY_PROXY * guide.lr.shape[-2])
-        cached = measure_rows == height and height * width <= CONSISTENCY_CACHE_PIXELS
-        total = measure_rows + (0 if cached else height)
+        measure_rows, _, decodes_once = _consistency_proxy(height, width, tuple(guide.lr.shape[-2:]))
+        total = measure_rows + (0 if decodes_once else height)
         correction, kept = lr_correction(model, latent, height, width, guide, chunk, dtype, min_chunk,
                                          progress and (lambda done, _: progress(done, total)))
         if kept is not None:
@@ -367,6 +372,20 @@ def check_ensemble(ensemble: int) -> int:
     return ensemble
 
 
+def ensemble_average(run: Callable[[int, torch.Tensor, int, int], torch.Tensor], image: torch.Tensor,
+                     height: int, width: int, ensemble: int) -> torch.Tensor:
+    """Geometric self-ensemble: ``run(k, x, out_height, out_width)`` -> [B,3,out_height,out_width]
+    on the k-th of the first ``ensemble`` DIHEDRAL copies x of image [B,3,h,w] (sides swapped for
+    transposed copies); each result is transformed back, and their mean returned."""
+    check_ensemble(ensemble)
+    total = None
+    for k, t in enumerate(DIHEDRAL[:ensemble]):
+        th, tw = (width, height) if t[0] else (height, width)
+        out = dihedral(run(k, dihedral(image, t), th, tw), t, inverse=True)
+        total = out if total is None else total + out
+    return total / ensemble
+
+
 def upscale_tensor(model: ArbScaleModel, image: torch.Tensor, height: int, width: int,
                    steps: int | None = None, eta: float = DEFAULT_ETA, seed: int = 0,
                    chunk: int = DEFAULT_CHUNK, dtype: torch.dtype | None = None,
@@ -376,17 +395,12 @@ def upscale_tensor(model: ArbScaleModel, image: torch.Tensor, height: int, width
     so that brought back to the LR size it gives the input (``lr_correction``). ``ensemble`` (1, 2, 4
     or 8): average that many runs on flipped / transposed copies of the input (geometric
     self-ensemble: higher PSNR for that many times the work; the output is assembled in memory)."""
-    check_ensemble(ensemble)
-    total = None
-    for t in DIHEDRAL[:ensemble]:
-        x = dihedral(image, t)
-        th, tw = (width, height) if t[0] else (height, width)
+    def run(k: int, x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
         cond = encode_condition(model, x)
         latent = denoise(model, cond, steps=steps, eta=eta, seed=seed, dtype=dtype, callback=callback, tile=tile)
-        out = decode(model, latent, th, tw, chunk, dtype, guide=sr_guide(model, x, cond, consistency))
-        out = dihedral(out, t, inverse=True)
-        total = out if total is None else total + out
-    return total / ensemble
+        return decode(model, latent, th, tw, chunk, dtype, guide=sr_guide(model, x, cond, consistency))
+
+    return ensemble_average(run, image, height, width, ensemble)
 
 
 def upscale(model: ArbScaleModel, image: torch.Tensor, scale: float | None = None,

@@ -211,6 +211,10 @@ def test_consistency_measures_on_a_bounded_proxy(sr_model):
     total = CONSISTENCY_PROXY * 6 + 72
     assert seen[-1] == (total, total) and all(t == total for _, t in seen)
     assert any(d == CONSISTENCY_PROXY * 6 for d, _ in seen)  # the proxy pass ended there
+    # rows within the proxy, columns beyond it: the output is decoded twice, and counted so
+    seen.clear()
+    decode(sr_model, latent, 20, 84, chunk=84 * 4, guide=guide, progress=lambda d, t: seen.append((d, t)))
+    assert {t for _, t in seen} == {40} and seen[-1] == (40, 40)
     small = decode(sr_model, latent, 4, 5, guide=guide)
     torch.testing.assert_close(small, decode(sr_model, latent, 4, 5, guide=sr_guide(sr_model, lr, cond, False)))
 
