@@ -18,6 +18,7 @@ from PIL import Image
 
 from .evaluate import (BASELINES, baseline, high_frequency_ratio, hr_crop_for_scale, make_lr, psnr, psnr_y,
                        ssim)
+from .imageops import from_uint8, to_uint8
 from .model import ArbScaleModel
 from .pipeline import SRGuide, decode_uint8, denoise, encode_condition, sr_guide, upscale_tensor
 
@@ -57,7 +58,7 @@ def diversity(samples: list[np.ndarray]) -> float:
 def ours_latent(model: ArbScaleModel, lr: np.ndarray, steps: int, eta: float, seed: int, consistency: bool = True,
                 ) -> tuple[torch.Tensor, SRGuide | None]:
     """(denoised latent, guide or None) for an LR uint8 [h,w,3]: decode both with decode_uint8."""
-    x = torch.from_numpy(lr.copy()).permute(2, 0, 1)[None].float() / 255
+    x = from_uint8(lr)
     cond = encode_condition(model, x)
     return denoise(model, cond, steps=steps, eta=eta, seed=seed), sr_guide(model, x, cond, consistency)
 
@@ -65,10 +66,9 @@ def ours_latent(model: ArbScaleModel, lr: np.ndarray, steps: int, eta: float, se
 def ours_ensemble(model: ArbScaleModel, lr: np.ndarray, height: int, width: int, opts: SREvalOptions,
                   seed: int) -> np.ndarray:
     """uint8 [height,width,3] from ``upscale_tensor`` with opts.ensemble members."""
-    x = torch.from_numpy(lr.copy()).permute(2, 0, 1)[None].float() / 255
-    out = upscale_tensor(model, x, height, width, steps=opts.steps, eta=opts.eta, seed=seed,
+    out = upscale_tensor(model, from_uint8(lr), height, width, steps=opts.steps, eta=opts.eta, seed=seed,
                          consistency=opts.consistency, ensemble=opts.ensemble)
-    return (out[0] * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return to_uint8(out * 2 - 1)[0]
 
 
 def evaluate_image(model: ArbScaleModel, hr_full: np.ndarray, scale: float, opts: SREvalOptions):

@@ -41,7 +41,11 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
             rgb = im.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
-    array = np.asarray(rgb, dtype=np.uint8)
+    return from_uint8(np.asarray(rgb, dtype=np.uint8))
+
+
+def from_uint8(array: np.ndarray) -> torch.Tensor:
+    """uint8 [H,W,3] -> [1,3,H,W] float in 0..1 (a copy: the array is left alone)."""
     return torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float() / 255.0
 
 

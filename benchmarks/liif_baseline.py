@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from arbscale_core.config import ModelConfig
 from arbscale_core.evaluate import baseline, hr_crop_for_scale, make_lr, psnr
-from arbscale_core.imageops import resize
+from arbscale_core.imageops import from_uint8, resize, to_uint8
 from arbscale_core.implicit_decoder import ImplicitDecoder, decode_bands, make_coord
 
 LR_SIDE = 32
@@ -120,14 +120,6 @@ def load_baseline(path: str) -> tuple[LIIFBaseline, dict]:
     return net.eval(), meta
 
 
-def to_tensor(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    return ((x[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-
-
 def evaluate(args) -> None:
     from arbscale_core.checkpoint import load_model
     from arbscale_core.pipeline import upscale_tensor
@@ -148,12 +140,12 @@ def evaluate(args) -> None:
             shave = math.ceil(scale)
             outs = {"bicubic": baseline(lr, w, h, "bicubic"),
                     "lanczos+unsharp": baseline(lr, w, h, "lanczos+unsharp"),
-                    "liif baseline": to_uint8(net.upscale(to_tensor(lr), h, w))}
+                    "liif baseline": to_uint8(net.upscale(from_uint8(lr) * 2 - 1, h, w))[0]}
             if ours is not None:
-                x = torch.from_numpy(lr.copy()).permute(2, 0, 1)[None].float() / 255
+                x = from_uint8(lr)
                 for name, ens in (("ours", 1),) + ((("ours, ensemble 8", 8),) if args.ensemble else ()):
                     out = upscale_tensor(ours, x, h, w, ensemble=ens)
-                    outs[name] = to_uint8(out * 2 - 1)
+                    outs[name] = to_uint8(out * 2 - 1)[0]
             for name, out in outs.items():
                 rows.setdefault((scale, name), []).append(psnr(out, hr, shave))
         print(f"{path.name} done", file=sys.stderr, flush=True)

@@ -15,9 +15,9 @@ import torch
 
 from arbscale_core.checkpoint import CheckpointError, load_model
 from arbscale_core.model import ArbScaleModel
-from arbscale_core.pipeline import (DIHEDRAL, MAX_OUTPUT_PIXELS, SRGuide, check_ensemble, check_scale, decode_bands,
-                                    default_steps, denoise, dihedral, encode_condition, generation_latent_size,
-                                    scaled_side, sr_guide)
+from arbscale_core.pipeline import (MAX_OUTPUT_PIXELS, SRGuide, check_ensemble, check_scale, decode_bands,
+                                    default_steps, denoise, encode_condition, ensemble_average,
+                                    generation_latent_size, scaled_side, sr_guide)
 
 MAX_SIDE = 65536  # widgets allow at most this; larger is surely a mistake
 
@@ -145,9 +145,7 @@ def run_decode(src: ArbLatent, height: int, width: int, chunk: int, hooks: Hooks
     check_size(width, height)
     if chunk < 1:
         raise ValueError(f"ArbScale: chunk must be positive, got {chunk}")
-    guide = src.guide
-    if guide is not None and not consistency:
-        guide = dataclasses.replace(guide, lr=None) if guide.anchor is not None else None
+    guide = src.guide if consistency or src.guide is None else dataclasses.replace(src.guide, lr=None)
 
     def progress(done: int, total: int) -> None:
         hooks.progress(done, total)
@@ -173,19 +171,15 @@ def run_upscale(model: ArbScaleModel, image: torch.Tensor, height: int, width: i
     except ValueError as exc:
         raise ValueError(f"ArbScale: {exc}") from None
     steps = steps or default_steps(model)
-    x = image_to_bchw(image)
     span = steps + height
-    total = None
-    for k, t in enumerate(DIHEDRAL[:ensemble]):
-        th, tw = (width, height) if t[0] else (height, width)
-        member = bchw_to_image(dihedral(x, t))
-        encoded = encode_lr(model, member)
-        denoised = run_denoise(encoded, steps, eta, seed, Hooks(
-            progress=lambda i, n, k=k: hooks.progress(k * span + i, ensemble * span),
+
+    def run(k: int, x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
+        denoised = run_denoise(encode_lr(model, bchw_to_image(x)), steps, eta, seed, Hooks(
+            progress=lambda i, n: hooks.progress(k * span + i, ensemble * span),
             check_interrupt=hooks.check_interrupt), dtype)
         out = run_decode(denoised, th, tw, chunk, Hooks(
-            progress=lambda done, rows, k=k: hooks.progress(k * span + steps + done * height // rows, ensemble * span),
+            progress=lambda done, rows: hooks.progress(k * span + steps + done * height // rows, ensemble * span),
             check_interrupt=hooks.check_interrupt), dtype, consistency=consistency)
-        out = bchw_to_image(dihedral(out.permute(0, 3, 1, 2), t, inverse=True))
-        total = out if total is None else total + out
-    return total / ensemble
+        return out.permute(0, 3, 1, 2)
+
+    return bchw_to_image(ensemble_average(run, image_to_bchw(image), height, width, ensemble))
