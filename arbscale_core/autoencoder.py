@@ -70,3 +70,24 @@ class FeatureDecoder(nn.Module):
         if self.shortcut is not None:
             features = features + self.shortcut(z)
         return features
+
+
+class LREncoder(nn.Module):
+    """Features of the LR image for an LR-reading implicit decoder (``config.lr_features``):
+    EDSR-style ResBlocks (no normalisation: pixel values matter exactly) at the image's resolution."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        c = cfg.lr_features
+        self.head = nn.Conv2d(cfg.image_channels, c, 3, padding=1)
+        self.body = nn.ModuleList(nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True),
+                                                nn.Conv2d(c, c, 3, padding=1)) for _ in range(cfg.lr_blocks))
+        self.tail = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """image [B,3,h,w] in -1..1 -> features [B,lr_features,h,w]."""
+        x = self.head(image)
+        h = x
+        for block in self.body:
+            h = h + block(h)
+        return self.tail(h) + x

@@ -67,6 +67,13 @@ class ModelConfig:
     # pixel space, out = decode(z) + resize(cond_image - decode(z_cond)), so a "no change" latent
     # gives exactly the bicubic image and the networks only have to supply missing detail.
     anchor: bool = False
+    # LR-reading decoder (SR only; 0 = off, as in the paper): an encoder of this many channels
+    # (lr_blocks EDSR-style ResBlocks) on the LR image, resized to the latent grid, whose features
+    # the implicit decoder's first layer reads next to the latent's. The decoder then no longer
+    # has to recover from the latent what the LR pixels say exactly (cf. StableSR's feature
+    # wrapping of its VAE decoder with encoder features).
+    lr_features: int = 0
+    lr_blocks: int = 4
 
     def __post_init__(self):
         if self.version != CONFIG_VERSION:
@@ -81,6 +88,13 @@ class ModelConfig:
             raise ValueError("config ae_channel_mult, unet_channel_mult and mlp_hidden must not be empty")
         if self.eps_param not in ("direct", "v_skip"):
             raise ValueError(f"config eps_param must be direct or v_skip, got {self.eps_param!r}")
+        if int(self.lr_features) < 0 or int(self.lr_blocks) < 0:
+            raise ValueError("config lr_features and lr_blocks must be >= 0")
+        if self.lr_features and self.task != "sr":
+            raise ValueError("config lr_features is for SR models (a generation model has no LR image)")
+        if self.lr_features and self.anchor:
+            raise ValueError("config anchor and lr_features exclude each other: the anchor's decode of the "
+                             "condition would read the LR image too and cancel what it adds")
         if not (self.cond_scale > 0):
             raise ValueError(f"config cond_scale must be positive, got {self.cond_scale}")
 

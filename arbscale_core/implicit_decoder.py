@@ -52,6 +52,12 @@ class ImplicitDecoder(nn.Module):
         k = 3 if cfg.feat_unfold else 1
         self.first_feat = nn.Conv2d(cfg.feature_channels, hidden[0], k, padding=k // 2)
         self.first_coord = nn.Linear(4, hidden[0], bias=False)  # (rel_y, rel_x, cell_y, cell_x)
+        # LR-reading decoders: the LR features' share of the first layer. Zero at creation, so a
+        # decoder fine-tuned from one without it starts out decoding exactly as before.
+        self.first_lr = nn.Conv2d(cfg.lr_features, hidden[0], k, padding=k // 2) if cfg.lr_features else None
+        if self.first_lr is not None:
+            nn.init.zeros_(self.first_lr.weight)
+            nn.init.zeros_(self.first_lr.bias)
         layers: list[nn.Module] = []
         for a, b in zip(hidden[:-1], hidden[1:]):
             layers += [nn.ReLU(), nn.Linear(a, b)]
@@ -59,9 +65,13 @@ class ImplicitDecoder(nn.Module):
         self.out_channels = cfg.image_channels
         self.mlp = nn.Sequential(*layers)
 
-    def first_layer_map(self, features: torch.Tensor) -> torch.Tensor:
-        """features [B,F,h,w] -> the first layer's feature term per latent cell [B,hidden,h,w]."""
-        return self.first_feat(features)
+    def first_layer_map(self, features: torch.Tensor, lr_features: torch.Tensor | None = None) -> torch.Tensor:
+        """features [B,F,h,w] (and, for LR-reading decoders, LR features [B,lr_features,h,w]) ->
+        the first layer's feature term per latent cell [B,hidden,h,w]."""
+        first = self.first_feat(features)
+        if self.first_lr is not None:
+            first = first + self.first_lr(lr_features)
+        return first
 
     def query(self, first: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor,
               cell: tuple[float, float], autocast_dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .autoencoder import Encoder, FeatureDecoder
+from .autoencoder import Encoder, FeatureDecoder, LREncoder
 from .config import ModelConfig
 from .diffusion import alphas_cumprod
+from .imageops import resize
 from .implicit_decoder import ImplicitDecoder, decode_bands
 from .unet import UNet
 
@@ -24,6 +25,7 @@ class ArbScaleModel(nn.Module):
         self.encoder = Encoder(config)
         self.feature_decoder = FeatureDecoder(config)
         self.implicit = ImplicitDecoder(config)
+        self.lr_encoder = LREncoder(config) if config.lr_features else None
         self.unet = UNet(config)
         self.register_buffer("abar", alphas_cumprod(config).float(), persistent=False)
 
@@ -44,21 +46,38 @@ class ArbScaleModel(nn.Module):
             image = F.pad(image, (0, pad_w, 0, pad_h), mode="replicate")
         return self.encoder(image) * self.config.latent_scale
 
-    def first_layer_map(self, latent: torch.Tensor) -> torch.Tensor:
-        """scaled latent [B,C,h,w] -> the MLP's per-cell first-layer term [B,hidden,h,w]."""
-        return self.implicit.first_layer_map(self.feature_decoder(latent / self.config.latent_scale))
+    @property
+    def reads_lr(self) -> bool:
+        """Whether decoding needs the LR image as well as the latent (``config.lr_features``)."""
+        return self.lr_encoder is not None
+
+    def lr_features(self, lr: torch.Tensor | None, latent_hw: tuple[int, int]) -> torch.Tensor | None:
+        """LR image [B,3,h,w] in -1..1 -> its features on the latent grid (None if not read)."""
+        if self.lr_encoder is None:
+            return None
+        if lr is None:
+            raise ValueError("this SR model's decoder reads the LR image: pass it (lr=) with the latent")
+        if tuple(lr.shape[-2:]) != tuple(latent_hw):
+            lr = resize(lr, *latent_hw).clamp(-1, 1)
+        return self.lr_encoder(lr)
+
+    def first_layer_map(self, latent: torch.Tensor, lr: torch.Tensor | None = None) -> torch.Tensor:
+        """scaled latent [B,C,h,w] (and the LR image [B,3,*,*] in -1..1 for LR-reading decoders) ->
+        the MLP's per-cell first-layer term [B,hidden,h,w]."""
+        features = self.feature_decoder(latent / self.config.latent_scale)
+        return self.implicit.first_layer_map(features, self.lr_features(lr, latent.shape[-2:]))
 
     def decode_bands(self, latent: torch.Tensor, height: int, width: int, chunk: int = 65536,
                      autocast_dtype: torch.dtype | None = None, start_row: int = 0,
-                     ) -> Iterator[tuple[int, int, torch.Tensor]]:
+                     lr: torch.Tensor | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
         """Yield (y0, y1, rgb [B,3,y1-y0,width] in about -1..1) for an output of height x width."""
-        first = self.first_layer_map(latent)
+        first = self.first_layer_map(latent, lr)
         yield from decode_bands(self.implicit, first, height, width, chunk, autocast_dtype, start_row)
 
     def decode(self, latent: torch.Tensor, height: int, width: int, chunk: int = 65536,
-               autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+               autocast_dtype: torch.dtype | None = None, lr: torch.Tensor | None = None) -> torch.Tensor:
         """scaled latent -> image [B,3,height,width] in about -1..1 (assembled in memory)."""
-        bands = [rgb for _, _, rgb in self.decode_bands(latent, height, width, chunk, autocast_dtype)]
+        bands = [rgb for _, _, rgb in self.decode_bands(latent, height, width, chunk, autocast_dtype, lr=lr)]
         return torch.cat(bands, dim=2)
 
     def to_diffusion(self, latent: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
@@ -82,6 +101,8 @@ class ArbScaleModel(nn.Module):
 def parameter_counts(model: ArbScaleModel) -> dict[str, int]:
     parts = {"encoder": model.encoder, "feature_decoder": model.feature_decoder,
              "implicit_decoder": model.implicit, "unet": model.unet}
+    if model.lr_encoder is not None:
+        parts["lr_encoder"] = model.lr_encoder
     counts = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
     counts["total"] = sum(counts.values())
     return counts

@@ -122,22 +122,27 @@ class SRGuide:
     """What SR decoding takes from the LR input besides the latent.
 
     anchor: the autoencoder's error on the condition image [B,3,ch,cw] (-1..1 units), added to the
-    output, or None (see ``condition_anchor``). lr: the LR input [B,3,h,w] in -1..1, or None; when
-    set, decoding projects the output onto consistency with it (``lr_correction``)."""
+    output, or None (see ``condition_anchor``). lr: the LR input [B,3,h,w] in -1..1, or None: what
+    LR-reading decoders read (``config.lr_features``) and, with ``consistency``, what decoding
+    projects the output onto consistency with (``lr_correction``)."""
     anchor: torch.Tensor | None = None
     lr: torch.Tensor | None = None
+    consistency: bool = True
+
+    @property
+    def projects(self) -> bool:
+        return self.consistency and self.lr is not None
 
 
 def sr_guide(model: ArbScaleModel, image: torch.Tensor, cond: torch.Tensor,
              consistency: bool = True) -> SRGuide | None:
     """The SRGuide for an LR image [B,3,h,w] in 0..1 and its condition latent; None for
-    generation models or when there is nothing to add."""
+    generation models."""
     if model.config.task != "sr":
         return None
     anchor = condition_anchor(model, image, cond)
     lr = image.to(anchor.device if anchor is not None else cond.device, torch.float32) * 2 - 1
-    guide = SRGuide(anchor=anchor, lr=lr if consistency else None)
-    return guide if guide.anchor is not None or guide.lr is not None else None
+    return SRGuide(anchor=anchor, lr=lr, consistency=consistency)
 
 
 @torch.no_grad()
@@ -211,17 +216,18 @@ class _LowRes:
 
 def _raw_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int, chunk: int,
                dtype: torch.dtype | None, start_row: int, min_chunk: int, added: list[torch.Tensor],
-               ) -> Iterator[tuple[int, int, torch.Tensor]]:
+               guide: SRGuide | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
     """(y0, y1, float32 band in -1..1, not clamped) with the low-res images ``added`` resized and
-    added. On out-of-memory the chunk halves down to ``min_chunk``; decoding resumes at the first
-    row not yet yielded."""
+    added; LR-reading decoders read ``guide.lr``. On out-of-memory the chunk halves down to
+    ``min_chunk``; decoding resumes at the first row not yet yielded."""
     device = next(model.parameters()).device
     latent = latent.to(device)
+    lr = guide.lr.to(device, torch.float32) if model.reads_lr and guide is not None and guide.lr is not None else None
     low_res = [_LowRes(a, height, width, device) for a in added]
     done = start_row
     while True:
         try:
-            for y0, y1, band in model.decode_bands(latent, height, width, chunk, dtype, done):
+            for y0, y1, band in model.decode_bands(latent, height, width, chunk, dtype, done, lr=lr):
                 band = band.float()
                 for extra in low_res:
                     band = band + extra.band(y0, y1)
@@ -266,7 +272,7 @@ def lr_correction(model: ArbScaleModel, latent: torch.Tensor, height: int, width
     bands = []
     measured = torch.zeros_like(lr)
     added = [guide.anchor] if guide.anchor is not None else []
-    for y0, y1, band in _raw_bands(model, latent, ph, pw, chunk, dtype, 0, min_chunk, added):
+    for y0, y1, band in _raw_bands(model, latent, ph, pw, chunk, dtype, 0, min_chunk, added, guide):
         band = band.clamp(-1, 1)  # what the output holds
         measured += down_rows[:, y0:y1] @ band @ down_cols_t
         if keep:
@@ -301,7 +307,7 @@ def decode_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width:
     if guide is not None and guide.anchor is not None:
         added.append(guide.anchor)
     measure_rows = 0
-    if guide is not None and guide.lr is not None and height >= guide.lr.shape[-2] and width >= guide.lr.shape[-1]:
+    if guide is not None and guide.projects and height >= guide.lr.shape[-2] and width >= guide.lr.shape[-1]:
         measure_rows, _, decodes_once = _consistency_proxy(height, width, tuple(guide.lr.shape[-2:]))
         total = measure_rows + (0 if decodes_once else height)
         correction, kept = lr_correction(model, latent, height, width, guide, chunk, dtype, min_chunk,
@@ -314,7 +320,7 @@ def decode_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width:
                     yield y0, y1, ((band + fix.band(y0, y1) + 1) / 2).clamp(0, 1)
             return
         added.append(correction)
-    for y0, y1, band in _raw_bands(model, latent, height, width, chunk, dtype, start_row, min_chunk, added):
+    for y0, y1, band in _raw_bands(model, latent, height, width, chunk, dtype, start_row, min_chunk, added, guide):
         yield y0, y1, ((band + 1) / 2).clamp(0, 1)
         if progress:
             progress(measure_rows + y1, measure_rows + height)

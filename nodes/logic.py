@@ -145,7 +145,7 @@ def run_decode(src: ArbLatent, height: int, width: int, chunk: int, hooks: Hooks
     check_size(width, height)
     if chunk < 1:
         raise ValueError(f"ArbScale: chunk must be positive, got {chunk}")
-    guide = src.guide if consistency or src.guide is None else dataclasses.replace(src.guide, lr=None)
+    guide = src.guide if consistency or src.guide is None else dataclasses.replace(src.guide, consistency=False)
 
     def progress(done: int, total: int) -> None:
         hooks.progress(done, total)

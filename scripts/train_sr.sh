@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The SR weights' recipe in one go: stage 1 (autoencoder + implicit decoder), stage 2 (SR latent
-# diffusion), stage 3 (1-step alignment, anchored, decoders tuned), each for a wall-clock budget.
+# diffusion), stage 3 (1-step alignment, anchored, decoders tuned), stage 4 (an LR-reading implicit
+# decoder on stage 3's 1-step estimate: the default model), each for a wall-clock budget.
 # The detail model is the stage-2 model, anchored, sampling 20 steps.
 #
 #   scripts/train_sr.sh TRAIN_DIR VAL_DIR RUN_DIR [EXPORT_DIR]
 #
-# Environment: AE_MIN, SR_MIN, ALIGN_MIN (minutes per stage); BATCH (stages 1-2), ALIGN_BATCH,
-# ALIGN_LR; AE_INIT (a stage-1 model file: skip stage 1); SMOKE=1 (first run every stage for
+# Environment: AE_MIN, SR_MIN, ALIGN_MIN, DEC_MIN (minutes per stage); BATCH (stages 1-2), ALIGN_BATCH,
+# ALIGN_LR, DEC_BATCH; AE_INIT (a stage-1 model file: skip stage 1); SMOKE=1 (first run every stage for
 # 2 steps, to fail fast); PY (python); EXTRA (flags for every stage, e.g. "--threads 2").
 # EXPORT_DIR receives float16 copies of the models as each stage ends, and the logs.
 set -euo pipefail
@@ -38,6 +39,8 @@ if [ "${SMOKE:-0}" = 1 ]; then
     stage align --init "$s/sr/model.safetensors" "${common[@]}" --out "$s/regress" --steps 2 --batch 8 \
         --val-every 2 --val-steps 1 --x0-weight 1.0 --snr-min 1 --t-max-frac 1.0 --lambda-dm 0 \
         --tune-decoder --anchor --default-steps 1
+    stage decoder --init "$s/regress/model.safetensors" --decoder-init "$s/ae/model.safetensors" "${common[@]}" \
+        --out "$s/decoder" --steps 2 --batch 8 --crop 96 --val-every 2 --lr-scale-range 2 6
     echo "smoke run passed"
 fi
 
@@ -63,6 +66,14 @@ export_model "$run/detail/model.safetensors" sr_detail.safetensors
 stage align --init "$run/sr/model.safetensors" "${common[@]}" --out "$run/regress" --minutes "${ALIGN_MIN:-1.8}" \
     --batch "${ALIGN_BATCH:-16}" --lr "${ALIGN_LR:-4e-4}" --warmup 30 --val-every 100 --val-steps 1 \
     --x0-weight 1.0 --snr-min 1 --t-max-frac 1.0 --lambda-dm 0 --tune-decoder --anchor --default-steps 1
-export_model "$run/regress/model.safetensors" sr_default.safetensors
+export_model "$run/regress/model.safetensors" sr_aligned.safetensors
 [ -z "$export_dir" ] || cp "$run/regress/log.csv" "$export_dir/regress_log.csv"
+
+# Stage 4 for the default model (not in the paper): stage 3's U-Net and 1-step estimate, decoded
+# by stage 1's decoders plus an LR-image encoder they learn to read (config lr_features).
+stage decoder --init "$run/regress/model.safetensors" --decoder-init "$ae" "${common[@]}" --out "$run/decoder" \
+    --minutes "${DEC_MIN:-2}" --batch "${DEC_BATCH:-16}" --crop 96 --lr 2e-4 --warmup 100 --val-every 500 \
+    --lr-scale-range 2 6
+export_model "$run/decoder/model.safetensors" sr_default.safetensors
+[ -z "$export_dir" ] || cp "$run/decoder/log.csv" "$export_dir/decoder_log.csv"
 echo "done"

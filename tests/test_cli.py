@@ -231,3 +231,32 @@ def test_streamed_png_failure_leaves_no_file(tmp_path):
     with pytest.raises(RuntimeError):
         save_png_rows(target, 4, 5, bands())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_lr_reading_model_file_upscales_as_the_core(tmp_path, capsys):
+    """A model whose decoder reads the LR image (config lr_features) works from its file alone:
+    the CLI output is the core's, with and without the projection, and info lists its LR encoder."""
+    import numpy as np
+    import torch
+
+    from arbscale_core.checkpoint import save_model
+    from arbscale_core.imageops import from_uint8, to_uint8
+    from arbscale_core.pipeline import upscale
+
+    from conftest import micro_model
+
+    model = micro_model("sr", lr_features=4, lr_blocks=1)
+    torch.nn.init.normal_(model.implicit.first_lr.weight, std=0.2)
+    ckpt = tmp_path / "lr.safetensors"
+    save_model(model, ckpt)
+    src = write_png(tmp_path / "in.png", 12, 10)
+    lr = from_uint8(np.asarray(Image.open(src)))
+    for flag in ([], ["--no-consistency"]):
+        dst = tmp_path / f"out{len(flag)}.png"
+        rc, _, err = run_cli(["upscale", src, "-o", dst, "--scale", "2.5", "--steps", "1", "--model", ckpt, *flag],
+                             capsys)
+        assert rc == 0, err
+        ref = to_uint8(upscale(model, lr, scale=2.5, steps=1, consistency=not flag) * 2 - 1)[0]
+        assert np.abs(np.asarray(Image.open(dst), int) - ref.astype(int)).max() <= 1
+    rc, out, _ = run_cli(["info", ckpt], capsys)
+    assert rc == 0 and "lr_encoder" in out and '"lr_features": 4' in out

@@ -42,3 +42,17 @@ def test_presets_build(name):
         assert cfg.mlp_hidden == (256, 256, 256, 256)
     else:  # tiny must stay shippable: two fp16 files together <= 30 MB
         assert counts["total"] * 2 * 2 <= 30e6
+
+
+def test_lr_reading_decoder_fields():
+    cfg = ModelConfig(lr_features=8, lr_blocks=2)
+    assert ModelConfig.from_json(cfg.to_json()) == cfg
+    raw = json.loads(ModelConfig().to_json())
+    del raw["lr_features"], raw["lr_blocks"]  # files written before the fields existed
+    assert ModelConfig.from_json(json.dumps(raw)).lr_features == 0
+    with pytest.raises(ValueError, match="lr_features is for SR models"):
+        ModelConfig(task="gen", lr_features=8)
+    with pytest.raises(ValueError, match="anchor and lr_features exclude each other"):
+        ModelConfig(anchor=True, lr_features=8)
+    with pytest.raises(ValueError, match="lr_features and lr_blocks"):
+        ModelConfig(lr_features=-1)

@@ -109,9 +109,9 @@ def test_decode_halves_chunk_on_oom(sr_model, monkeypatch, caplog):
     real = sr_model.decode_bands
     chunks = []
 
-    def flaky(latent, h, w, chunk, dtype, start_row=0):
+    def flaky(latent, h, w, chunk, dtype, start_row=0, lr=None):
         chunks.append((chunk, start_row))
-        for i, band in enumerate(real(latent, h, w, chunk, dtype, start_row)):
+        for i, band in enumerate(real(latent, h, w, chunk, dtype, start_row, lr=lr)):
             if chunk > 400 and i == 1:
                 raise torch.cuda.OutOfMemoryError("simulated")
             yield band
@@ -186,3 +186,19 @@ def test_decode_node_consistency_toggle_keeps_the_anchor(sr_model):
     expected = decode(model, den.latent, 20, 26, guide=SRGuide(anchor=den.guide.anchor)).permute(0, 2, 3, 1)
     torch.testing.assert_close(off, expected)
     assert not torch.allclose(logic.run_decode(den, 20, 26, 4096), off)
+
+
+def test_decode_node_feeds_lr_reading_decoders(sr_model):
+    """Nodes carry the LR image with the latent, so an LR-reading model decodes through the node
+    chain (projection on or off) as in the core."""
+    from arbscale_core.model import ArbScaleModel
+
+    model = ArbScaleModel(sr_model.config.replace(lr_features=4, lr_blocks=1)).eval()
+    model.load_state_dict(sr_model.state_dict(), strict=False)
+    torch.nn.init.normal_(model.implicit.first_lr.weight, std=0.2)
+    image = torch.rand(1, 6, 8, 3)
+    den = logic.run_denoise(logic.encode_lr(model, image), 2, 0.0, 5)
+    for consistency in (True, False):
+        out = logic.run_decode(den, 20, 26, 4096, consistency=consistency)
+        ref = upscale_tensor(model, image.permute(0, 3, 1, 2), 20, 26, steps=2, seed=5, consistency=consistency)
+        torch.testing.assert_close(out, ref.permute(0, 2, 3, 1))

@@ -236,3 +236,44 @@ def test_self_ensemble_transforms_round_trip_and_average(sr_model):
     torch.testing.assert_close(upscale_tensor(sr_model, lr, 14, 20, steps=1, ensemble=2), (one + transposed) / 2)
     with pytest.raises(ValueError, match="ensemble"):
         upscale_tensor(sr_model, lr, 14, 20, ensemble=3)
+
+
+def _lr_reading(sr_model, zero_branch=False):
+    """The micro SR model with an LR-reading decoder added (its other weights shared)."""
+    from arbscale_core.model import ArbScaleModel
+
+    torch.manual_seed(1)
+    model = ArbScaleModel(sr_model.config.replace(lr_features=6, lr_blocks=1)).eval()
+    missing, unexpected = model.load_state_dict(sr_model.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith(("lr_encoder.", "implicit.first_lr.")) for k in missing)
+    if not zero_branch:
+        torch.nn.init.normal_(model.implicit.first_lr.weight, std=0.2)
+    return model
+
+
+def test_lr_reading_decoder_starts_as_the_plain_one(sr_model):
+    """A freshly added LR branch is zero: the decoder decodes exactly as the one it extends."""
+    model = _lr_reading(sr_model, zero_branch=True)
+    img = torch.rand(1, 3, 6, 9)
+    cond = encode_condition(sr_model, img)
+    latent = denoise(sr_model, cond, steps=2)
+    torch.testing.assert_close(decode(model, latent, 15, 22, guide=sr_guide(model, img, cond, False)),
+                               decode(sr_model, latent, 15, 22), atol=1e-6, rtol=0)
+
+
+def test_lr_reading_decoder_reads_the_lr_image(sr_model):
+    model = _lr_reading(sr_model)
+    img = torch.rand(1, 3, 6, 9)
+    cond = encode_condition(model, img)
+    latent = denoise(model, cond, steps=2)
+    with pytest.raises(ValueError, match="reads the LR image"):
+        decode(model, latent, 15, 22)
+    plain = decode(model, latent, 15, 22, guide=sr_guide(model, img, cond, consistency=False))
+    other = decode(model, latent, 15, 22, guide=sr_guide(model, img.flip(-1), cond, consistency=False))
+    assert (plain - other).abs().max() > 1e-3  # same latent, another LR image: another output
+    # the projection still works on top, and the public entry points pass the LR along
+    projected = decode(model, latent, 15, 22, guide=sr_guide(model, img, cond))
+    assert not torch.allclose(projected, plain)
+    out = upscale(model, img, size=(22, 15), steps=2)
+    torch.testing.assert_close(out, projected)
+    assert upscale(model, img, scale=3.3, steps=1, ensemble=2).shape == (1, 3, 20, 30)

@@ -242,19 +242,81 @@ def test_sr_recipe_script_runs_every_stage(tmp_path):
     for split, n in (("train", 3), ("val", 1)):
         (tmp_path / split).mkdir()
         for i in range(n):
-            Image.fromarray(smooth_image(rng, 132, 140)).save(tmp_path / split / f"{i}.png")
+            Image.fromarray(smooth_image(rng, 196, 200)).save(tmp_path / split / f"{i}.png")  # val crops of 2 x 96
     env = dict(os.environ, PYTHONPATH=str(ROOT), PY=sys.executable, AE_MIN="0.0001", SR_MIN="0.0001",
-               ALIGN_MIN="0.0001", BATCH="2", ALIGN_BATCH="2", EXTRA="--threads 1")
+               ALIGN_MIN="0.0001", DEC_MIN="0.0001", BATCH="2", ALIGN_BATCH="2", DEC_BATCH="2",
+               EXTRA="--threads 1")
     res = subprocess.run(["bash", str(ROOT / "scripts/train_sr.sh"), str(tmp_path / "train"), str(tmp_path / "val"),
                           str(tmp_path / "runs"), str(tmp_path / "export")], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     from arbscale_core.checkpoint import read_config
     from arbscale_core.pipeline import default_steps
 
-    detail, default = load_model(tmp_path / "export/sr_detail.safetensors"), load_model(tmp_path / "export/sr_default.safetensors")
-    assert detail.config.anchor and default.config.anchor
-    assert default_steps(detail) == 20 and default_steps(default) == 1
-    info = read_config(tmp_path / "export/sr_default.safetensors")[1]
-    assert info["init_training"]["stage"] == "diffusion" and info["init_training"]["init_training"]["stage"] == "autoencoder"
-    assert (tmp_path / "export/regress_log.csv").exists()
+    export = tmp_path / "export"
+    detail, aligned = load_model(export / "sr_detail.safetensors"), load_model(export / "sr_aligned.safetensors")
+    default = load_model(export / "sr_default.safetensors")
+    assert detail.config.anchor and aligned.config.anchor and not default.config.anchor and default.reads_lr
+    assert default_steps(detail) == 20 and default_steps(aligned) == 1 and default_steps(default) == 1
+    info = read_config(export / "sr_default.safetensors")[1]
+    assert [info["stage"], info["init_training"]["stage"], info["init_training"]["init_training"]["stage"]] == \
+        ["decoder", "align", "diffusion"]
+    assert (export / "regress_log.csv").exists() and (export / "decoder_log.csv").exists()
     assert load_file(str(tmp_path / "export/sr_default.safetensors"))["unet.conv_in.weight"].dtype == torch.float16
+
+
+def test_decoder_stage_trains_an_lr_reading_decoder(tmp_path, image_dirs):
+    """Stage 4: from an anchored aligned model, with stage 2's decoders (--decoder-init), the
+    exported model reads the LR image, drops the anchor, keeps encoder and U-Net, and its LR
+    branch (zero at the start) learned something."""
+    ae = train(args_for("autoencoder", tmp_path / "ae", image_dirs, steps=1))
+    sr = train(args_for("diffusion", tmp_path / "sr", image_dirs, init=str(ae), steps=1))
+    al = train(args_for("align", tmp_path / "al", image_dirs, init=str(sr), anchor=True, tune_decoder=True,
+                        steps=1, default_steps=1))
+    dec_args = args_for("decoder", tmp_path / "dec", image_dirs, init=str(al), decoder_init=str(sr),
+                        lr_scale_range=(2.0, 4.0), val=str(image_dirs / "val"), steps=4,
+                        config=dict(lr_features=6, lr_blocks=1))
+    trainer = Trainer(dec_args)
+    assert trainer.loss.opts["sample_steps"] == 1  # the init file's own sampling default
+    assert not any(p.requires_grad for p in trainer.model.unet.parameters())
+    assert float(trainer.model.implicit.first_lr.weight.detach().abs().sum()) == 0
+    del trainer
+    dec = load_model(train(dec_args))
+    aligned, stage2 = load_model(al), load_model(sr)
+    assert dec.config.lr_features == 6 and dec.reads_lr and not dec.config.anchor
+    from arbscale_core.pipeline import default_steps
+
+    assert default_steps(dec) == 1  # it decodes 1-step estimates: that is its default
+    torch.testing.assert_close(dec.unet.state_dict(), aligned.unet.state_dict())
+    torch.testing.assert_close(dec.encoder.state_dict(), aligned.encoder.state_dict())
+    torch.testing.assert_close(dec.feature_decoder.state_dict(), stage2.feature_decoder.state_dict())
+    assert float(dec.implicit.first_lr.weight.abs().sum()) > 0
+    assert "val_sr_x4_psnr" in (tmp_path / "dec" / "log.csv").read_text()
+    out = upscale(dec, torch.rand(1, 3, 9, 7), scale=2.5)
+    assert out.shape == (1, 3, 23, 18) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="decoder stage is for SR models"):
+        gen = train(args_for("diffusion", tmp_path / "gen", image_dirs, init=str(ae), task="gen", steps=1))
+        Trainer(args_for("decoder", tmp_path / "dec_gen", image_dirs, init=str(gen), task="gen"))
+
+
+def test_decoder_stage_ddp_matches_single_process(tmp_path, image_dirs):
+    """The decoder stage under torchrun (2 ranks) lands where one process with the same global
+    batch does: its random draws (scale, noise, queries) are shared, each rank keeps its slice."""
+    ae = train(args_for("autoencoder", tmp_path / "ae", image_dirs, steps=1))
+    sr = train(args_for("diffusion", tmp_path / "sr", image_dirs, init=str(ae), steps=1))
+    common = ["decoder", "--data", str(image_dirs / "train"), "--init", str(sr), "--steps", "3", "--batch", "4",
+              "--crop", "16", "--warmup", "1", "--queries", "8", "--save-every", "3", "--threads", "1",
+              "--lr-scale-range", "2", "4", "--config", "lr_features=4", "--config", "lr_blocks=1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "arbscale_core.train", *common, "--out", str(tmp_path / "ddp")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    single = subprocess.run([sys.executable, "-m", "arbscale_core.train", *common, "--out", str(tmp_path / "one")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    a, b = (load_file(str(tmp_path / name / "state.safetensors")) for name in ("ddp", "one"))
+    start = load_model(sr).state_dict()
+    keys = [k for k in a if k.startswith("model.implicit.first_feat")]
+    moved = sum(float((b[k] - start[k[len("model."):]]).double().pow(2).sum()) for k in keys) ** 0.5
+    apart = sum(float((a[k] - b[k]).double().pow(2).sum()) for k in keys) ** 0.5
+    assert moved > 1e-4 and apart < 0.01 * moved, (moved, apart)

@@ -18,6 +18,8 @@ def parse(argv: list[str] | None = None) -> TrainArgs:
     p.add_argument("--val", help="validation image folder")
     p.add_argument("--out", required=True, help="run folder: state, log.csv, model.safetensors")
     p.add_argument("--init", help="model file from the previous stage")
+    p.add_argument("--decoder-init", help="decoder stage: take the feature and implicit decoders from this "
+                                          "model file (default: from --init)")
     p.add_argument("--preset", default="tiny", choices=("tiny", "paper"))
     p.add_argument("--task", default="sr", choices=("sr", "gen"))
     d = TrainArgs.__dataclass_fields__

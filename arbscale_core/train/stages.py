@@ -13,8 +13,9 @@ from ..diffusion import alphas_cumprod, predict_x0, q_sample, snr
 from ..imageops import resize
 from ..implicit_decoder import make_coord
 from ..model import ArbScaleModel
+from ..sampler import sample_ddim
 
-STAGES = ("autoencoder", "diffusion", "align")
+STAGES = ("autoencoder", "diffusion", "align", "decoder")
 
 
 class StageLoss(nn.Module):
@@ -210,7 +211,54 @@ class AlignLoss(DiffusionLoss):
         return loss, {"dm": l_dm.detach(), "rec": l_rec.detach(), **dm_logs}
 
 
-LOSSES = {"autoencoder": AutoencoderLoss, "diffusion": DiffusionLoss, "align": AlignLoss}
+class DecoderLoss(StageLoss):
+    """Stage 4 (SR, optional, not in the paper): the implicit decoder learns to read the frozen
+    U-Net's few-step estimate together with the LR pixels (``config.lr_features``), exactly as SR
+    runs at inference: LR = the HR crop downscaled by a factor drawn per batch from
+    ``lr_scale_range``; condition = the LR resized to the condition size and encoded; latent =
+    DDIM with ``sample_steps`` steps from fresh noise; targets = the crop's own pixels at random
+    rows and columns (LIIF's sampled queries); L1. With tune_decoder the feature decoder trains too."""
+
+    def __init__(self, model, rank=0, world=1, **opts):
+        super().__init__(model, rank, world, **opts)
+        if model.config.task != "sr":
+            raise ValueError("the decoder stage is for SR models")
+        self.register_buffer("abar", alphas_cumprod(model.config), persistent=False)
+
+    def trainable(self):
+        parts = [self.model.implicit]
+        if self.model.lr_encoder is not None:
+            parts.append(self.model.lr_encoder)
+        if self.opts.get("tune_decoder"):
+            parts.append(self.model.feature_decoder)
+        return parts
+
+    def forward(self, images):
+        m = self.model
+        p = images.shape[-1]
+        lo, hi = self.opts.get("lr_scale_range", (2.0, 6.0))
+        u = torch.rand(1, generator=self.gen)
+        side = max(2, round(p / (lo + (hi - lo) * float(u))))
+        lr = resize(images, side, side).clamp(-1, 1)
+        with torch.no_grad():
+            cond_images = resize(lr, *m.condition_size(side, side)).clamp(-1, 1)
+            cond = m.encode(cond_images)
+            noise = self.local(torch.randn((images.shape[0] * self.world, *cond.shape[1:]), generator=self.gen))
+            x = sample_ddim(lambda x_t, t: m.eps(x_t, t, cond), noise.to(cond.device), self.abar,
+                            steps=self.opts.get("sample_steps", 1))
+            latent = m.from_diffusion(x, cond)
+        h, w = latent.shape[-2:]
+        q = self.opts.get("queries", 48)
+        rows = torch.randperm(p, generator=self.gen)[:q].sort().values
+        cols = torch.randperm(p, generator=self.gen)[:q].sort().values
+        ys, xs = make_coord(p, h)[rows].to(images.device), make_coord(p, w)[cols].to(images.device)
+        pred = m.implicit.query(m.first_layer_map(latent, lr), ys, xs, (h / p, w / p))
+        loss = F.l1_loss(pred, images[:, :, rows][:, :, :, cols])
+        return loss, {"l1": loss.detach()}
+
+
+LOSSES = {"autoencoder": AutoencoderLoss, "diffusion": DiffusionLoss, "align": AlignLoss,
+          "decoder": DecoderLoss}
 
 
 @torch.no_grad()

@@ -62,6 +62,7 @@ class TrainArgs:
     lambda_rec: float = 1.0
     x0_weight: float = 0.0
     tune_decoder: bool = False  # align: also train the feature + implicit decoder (paper: frozen)
+    decoder_init: str | None = None  # decoder stage: take the decoders from this model file
     anchor: bool = False        # SR: set config.anchor (decode adds back the condition's AE error)
     threads: int | None = None
     save_dtype: str = "float32"
@@ -92,6 +93,26 @@ def build_model(args: TrainArgs, images: ImageSet | None = None) -> ArbScaleMode
             raise ValueError(f"stage {args.stage} needs --init (the previous stage's model file)")
         return ArbScaleModel(preset(args.preset, args.task).replace(**args.config))
     init = load_model(args.init)
+    if args.stage == "decoder":
+        # The init's networks with an LR-reading decoder added (zero-initialised, so it starts
+        # out decoding as the init did, less its anchor, which it replaces).
+        if init.config.task != "sr" or args.task != "sr":
+            raise ValueError("the decoder stage is for SR models (--task sr, an SR --init)")
+        fields = {k: int(args.config.get(k, getattr(init.config, k))) for k in ("lr_features", "lr_blocks")}
+        fields["lr_features"] = fields["lr_features"] or int(args.config.get("lr_features", 48))
+        model = ArbScaleModel(init.config.replace(anchor=False, **fields))
+        state = init.state_dict()
+        if args.decoder_init:
+            # decoders trained with an anchor (align --tune-decoder) decode well only with it: their
+            # errors on z and on z_cond cancel. Start from un-anchored ones, e.g. stage 1's.
+            source = load_model(args.decoder_init).state_dict()
+            parts = ("feature_decoder.", "implicit.", "lr_encoder.")
+            state = {k: v for k, v in state.items() if not k.startswith(parts)}
+            state.update({k: v for k, v in source.items() if k.startswith(parts)})
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith(("lr_encoder.", "implicit.first_lr.")) for k in missing):
+            raise ValueError(f"--init does not fit the decoder stage's model (missing {missing}, unexpected {unexpected})")
+        return model
     if init.config.task == args.task and args.stage == "align":
         if args.anchor:
             init.config = init.config.replace(anchor=True)
@@ -129,7 +150,8 @@ class Trainer:
         opts = {"queries": args.queries, "lr_scale_range": tuple(args.lr_scale_range),
                 "snr_max": args.snr_max, "snr_min": args.snr_min, "t_max_frac": args.t_max_frac,
                 "rec_min_t": args.rec_min_t, "lambda_dm": args.lambda_dm, "lambda_rec": args.lambda_rec,
-                "x0_weight": args.x0_weight, "tune_decoder": args.tune_decoder}
+                "x0_weight": args.x0_weight, "tune_decoder": args.tune_decoder,
+                "sample_steps": args.default_steps or (self.init_info or {}).get("default_steps") or 1}
         if args.max_rel_scale:
             opts["max_rel_scale"] = args.max_rel_scale
         self.loss = LOSSES[args.stage](self.model, self.rank, self.world, **opts).to(self.device)
@@ -211,8 +233,10 @@ class Trainer:
         info["train_seconds"] = round(self.elapsed, 1)
         if self.init_info is not None:  # the lineage: each file carries its init's training info
             info["init_training"] = self.init_info
-        if self.args.default_steps:
-            info["default_steps"] = self.args.default_steps
+        # a decoder-stage model decodes what that many DDIM steps give: its default
+        steps = self.args.default_steps or (self.loss.opts["sample_steps"] if self.args.stage == "decoder" else 0)
+        if steps:
+            info["default_steps"] = steps
         save_model(model, path, training=info, dtype=getattr(torch, self.args.save_dtype))
         return path
 
@@ -279,7 +303,9 @@ class Trainer:
                 row = {"step": self.step, "time_s": round(self.elapsed, 1),
                        **{k: float(v) for k, v in logs.items()}}
                 if self.val is not None and (self.step % a.val_every == 0 or last):
-                    row.update(validation_psnr(self.ema_model(), self.val, a.stage, a.val_steps))
+                    # a decoder-stage model is validated on what it decodes: its sampling steps
+                    steps = self.loss.opts["sample_steps"] if a.stage == "decoder" else a.val_steps
+                    row.update(validation_psnr(self.ema_model(), self.val, a.stage, steps))
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("step", "time_s", "lr")})
                 new_file = not log_path.exists()
                 with open(log_path, "a", newline="") as fh:
