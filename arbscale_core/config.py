@@ -69,9 +69,10 @@ class ModelConfig:
     anchor: bool = False
     # LR-reading decoder (SR only; 0 = off, as in the paper): an encoder of this many channels
     # (lr_blocks EDSR-style ResBlocks) on the LR image, resized to the latent grid, whose features
-    # the implicit decoder's first layer reads next to the latent's. The decoder then no longer
-    # has to recover from the latent what the LR pixels say exactly (cf. StableSR's feature
-    # wrapping of its VAE decoder with encoder features).
+    # the implicit decoder's first layer reads next to the latent's, and whose output is a residual
+    # over the LR image resized to the output (bicubic). The decoder then no longer has to recover
+    # from the latent what the LR pixels say exactly (cf. StableSR's feature wrapping of its VAE
+    # decoder with encoder features, and LIIF-style regressions' residual over bicubic).
     lr_features: int = 0
     lr_blocks: int = 4
 

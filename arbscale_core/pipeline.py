@@ -214,6 +214,17 @@ class _LowRes:
         return self.rows_m[y0:y1] @ self.image @ self.cols_mt
 
 
+def _low_res_terms(model: ArbScaleModel, guide: SRGuide | None) -> list[torch.Tensor]:
+    """The low-res images decoding adds to the decoder's output, resized: the anchor (anchored
+    models), the LR image itself (LR-reading models, whose decoder gives a residual over it)."""
+    if guide is None:
+        return []
+    terms = [guide.anchor] if guide.anchor is not None else []
+    if model.reads_lr and guide.lr is not None:
+        terms.append(guide.lr)
+    return terms
+
+
 def _raw_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int, chunk: int,
                dtype: torch.dtype | None, start_row: int, min_chunk: int, added: list[torch.Tensor],
                guide: SRGuide | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
@@ -271,8 +282,8 @@ def lr_correction(model: ArbScaleModel, latent: torch.Tensor, height: int, width
     down_cols_t = resize_matrix(pw, w).to(lr.device).T  # [pw, w]
     bands = []
     measured = torch.zeros_like(lr)
-    added = [guide.anchor] if guide.anchor is not None else []
-    for y0, y1, band in _raw_bands(model, latent, ph, pw, chunk, dtype, 0, min_chunk, added, guide):
+    for y0, y1, band in _raw_bands(model, latent, ph, pw, chunk, dtype, 0, min_chunk,
+                                   _low_res_terms(model, guide), guide):
         band = band.clamp(-1, 1)  # what the output holds
         measured += down_rows[:, y0:y1] @ band @ down_cols_t
         if keep:
@@ -298,14 +309,13 @@ def decode_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width:
                  ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Yield (y0, y1, rgb [B,3,y1-y0,width] in 0..1) bands of the decoded image from start_row on.
 
-    ``guide`` (from ``sr_guide``): its anchor is resized to the output band by band and added; with
+    ``guide`` (from ``sr_guide``): its anchor (and, for LR-reading models, its LR image: their
+    decoder gives a residual over it) is resized to the output band by band and added; with
     its LR image the output is first measured and corrected to be consistent with it
     (``lr_correction``; not for outputs smaller than the LR on a side). ``progress(done, total)``
     counts the rows of both passes. On out-of-memory the chunk halves (with a logged warning) down
     to ``min_chunk`` and decoding resumes at the first row not yet yielded."""
-    added = []
-    if guide is not None and guide.anchor is not None:
-        added.append(guide.anchor)
+    added = _low_res_terms(model, guide)
     measure_rows = 0
     if guide is not None and guide.projects and height >= guide.lr.shape[-2] and width >= guide.lr.shape[-1]:
         measure_rows, _, decodes_once = _consistency_proxy(height, width, tuple(guide.lr.shape[-2:]))

@@ -251,14 +251,18 @@ def _lr_reading(sr_model, zero_branch=False):
     return model
 
 
-def test_lr_reading_decoder_starts_as_the_plain_one(sr_model):
-    """A freshly added LR branch is zero: the decoder decodes exactly as the one it extends."""
+def test_lr_reading_decoder_adds_its_output_to_the_resized_lr(sr_model):
+    """With its LR branch at zero, an LR-reading decoder gives the plain decoder's output plus the
+    LR image resized to the output (its output is a residual over bicubic)."""
+    from arbscale_core.imageops import resize
+
     model = _lr_reading(sr_model, zero_branch=True)
     img = torch.rand(1, 3, 6, 9)
     cond = encode_condition(sr_model, img)
     latent = denoise(sr_model, cond, steps=2)
+    expected = ((sr_model.decode(latent, 15, 22) + resize(img * 2 - 1, 15, 22) + 1) / 2).clamp(0, 1)
     torch.testing.assert_close(decode(model, latent, 15, 22, guide=sr_guide(model, img, cond, False)),
-                               decode(sr_model, latent, 15, 22), atol=1e-6, rtol=0)
+                               expected, atol=1e-5, rtol=0)
 
 
 def test_lr_reading_decoder_reads_the_lr_image(sr_model):

@@ -266,8 +266,8 @@ def test_sr_recipe_script_runs_every_stage(tmp_path):
 
 def test_decoder_stage_trains_an_lr_reading_decoder(tmp_path, image_dirs):
     """Stage 4: from an anchored aligned model, with stage 2's decoders (--decoder-init), the
-    exported model reads the LR image, drops the anchor, keeps encoder and U-Net, and its LR
-    branch (zero at the start) learned something."""
+    exported model reads the LR image, drops the anchor, keeps encoder and U-Net, starts out as
+    bicubic, and its LR branch (zero at the start) learned something."""
     ae = train(args_for("autoencoder", tmp_path / "ae", image_dirs, steps=1))
     sr = train(args_for("diffusion", tmp_path / "sr", image_dirs, init=str(ae), steps=1))
     al = train(args_for("align", tmp_path / "al", image_dirs, init=str(sr), anchor=True, tune_decoder=True,
@@ -279,6 +279,12 @@ def test_decoder_stage_trains_an_lr_reading_decoder(tmp_path, image_dirs):
     assert trainer.loss.opts["sample_steps"] == 1  # the init file's own sampling default
     assert not any(p.requires_grad for p in trainer.model.unet.parameters())
     assert float(trainer.model.implicit.first_lr.weight.detach().abs().sum()) == 0
+    # a fresh LR-reading decoder starts out as bicubic: its residual is zero
+    from arbscale_core.imageops import resize
+
+    lr = torch.rand(1, 3, 5, 6)
+    start = upscale(trainer.model.eval(), lr, size=(15, 12), steps=1, consistency=False)
+    torch.testing.assert_close(start, ((resize(lr * 2 - 1, 12, 15) + 1) / 2).clamp(0, 1), atol=1e-5, rtol=0)
     del trainer
     dec = load_model(train(dec_args))
     aligned, stage2 = load_model(al), load_model(sr)

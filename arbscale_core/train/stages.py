@@ -217,7 +217,8 @@ class DecoderLoss(StageLoss):
     runs at inference: LR = the HR crop downscaled by a factor drawn per batch from
     ``lr_scale_range``; condition = the LR resized to the condition size and encoded; latent =
     DDIM with ``sample_steps`` steps from fresh noise; targets = the crop's own pixels at random
-    rows and columns (LIIF's sampled queries); L1. With tune_decoder the feature decoder trains too."""
+    rows and columns (LIIF's sampled queries); L1 of the decoded residual + the resized LR image.
+    With tune_decoder the feature decoder trains too."""
 
     def __init__(self, model, rank=0, world=1, **opts):
         super().__init__(model, rank, world, **opts)
@@ -253,6 +254,8 @@ class DecoderLoss(StageLoss):
         cols = torch.randperm(p, generator=self.gen)[:q].sort().values
         ys, xs = make_coord(p, h)[rows].to(images.device), make_coord(p, w)[cols].to(images.device)
         pred = m.implicit.query(m.first_layer_map(latent, lr), ys, xs, (h / p, w / p))
+        if m.reads_lr:  # the decoder's output is a residual over the resized LR image
+            pred = pred + resize(lr, p, p)[:, :, rows][:, :, :, cols]
         loss = F.l1_loss(pred, images[:, :, rows][:, :, :, cols])
         return loss, {"l1": loss.detach()}
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -94,8 +95,8 @@ def build_model(args: TrainArgs, images: ImageSet | None = None) -> ArbScaleMode
         return ArbScaleModel(preset(args.preset, args.task).replace(**args.config))
     init = load_model(args.init)
     if args.stage == "decoder":
-        # The init's networks with an LR-reading decoder added (zero-initialised, so it starts
-        # out decoding as the init did, less its anchor, which it replaces).
+        # The init's networks with an LR-reading decoder added. A fresh one starts out as the
+        # resized LR image (bicubic): its LR branch and its MLP's output layer start at zero.
         if init.config.task != "sr" or args.task != "sr":
             raise ValueError("the decoder stage is for SR models (--task sr, an SR --init)")
         fields = {k: int(args.config.get(k, getattr(init.config, k))) for k in ("lr_features", "lr_blocks")}
@@ -112,6 +113,10 @@ def build_model(args: TrainArgs, images: ImageSet | None = None) -> ArbScaleMode
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or any(not k.startswith(("lr_encoder.", "implicit.first_lr.")) for k in missing):
             raise ValueError(f"--init does not fit the decoder stage's model (missing {missing}, unexpected {unexpected})")
+        if missing:
+            out_layer = model.implicit.mlp[-1]
+            nn.init.zeros_(out_layer.weight)
+            nn.init.zeros_(out_layer.bias)
         return model
     if init.config.task == args.task and args.stage == "align":
         if args.anchor:
