@@ -326,3 +326,14 @@ def test_decoder_stage_ddp_matches_single_process(tmp_path, image_dirs):
     moved = sum(float((b[k] - start[k[len("model."):]]).double().pow(2).sum()) for k in keys) ** 0.5
     apart = sum(float((a[k] - b[k]).double().pow(2).sum()) for k in keys) ** 0.5
     assert moved > 1e-4 and apart < 0.01 * moved, (moved, apart)
+
+
+def test_decoder_stage_refuses_mismatched_inits(tmp_path, image_dirs):
+    ae = train(args_for("autoencoder", tmp_path / "ae", image_dirs, steps=1))
+    sr = train(args_for("diffusion", tmp_path / "sr", image_dirs, init=str(ae), steps=1))
+    other = train(args_for("autoencoder", tmp_path / "other", image_dirs, steps=1,
+                           config=dict(MICRO, feature_channels=4)))
+    with pytest.raises(ValueError, match="do not fit one model"):
+        Trainer(args_for("decoder", tmp_path / "dec", image_dirs, init=str(sr), decoder_init=str(other)))
+    with pytest.raises(ValueError, match="lr_features must be > 0"):
+        Trainer(args_for("decoder", tmp_path / "dec0", image_dirs, init=str(sr), config=dict(lr_features=0)))

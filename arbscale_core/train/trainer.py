@@ -99,9 +99,11 @@ def build_model(args: TrainArgs, images: ImageSet | None = None) -> ArbScaleMode
         # resized LR image (bicubic): its LR branch and its MLP's output layer start at zero.
         if init.config.task != "sr" or args.task != "sr":
             raise ValueError("the decoder stage is for SR models (--task sr, an SR --init)")
-        fields = {k: int(args.config.get(k, getattr(init.config, k))) for k in ("lr_features", "lr_blocks")}
-        fields["lr_features"] = fields["lr_features"] or int(args.config.get("lr_features", 48))
-        model = ArbScaleModel(init.config.replace(anchor=False, **fields))
+        lr_features = int(args.config.get("lr_features", init.config.lr_features or 48))
+        if lr_features <= 0:
+            raise ValueError("the decoder stage trains an LR-reading decoder: lr_features must be > 0")
+        model = ArbScaleModel(init.config.replace(
+            anchor=False, lr_features=lr_features, lr_blocks=int(args.config.get("lr_blocks", init.config.lr_blocks))))
         state = init.state_dict()
         if args.decoder_init:
             # decoders trained with an anchor (align --tune-decoder) decode well only with it: their
@@ -110,7 +112,10 @@ def build_model(args: TrainArgs, images: ImageSet | None = None) -> ArbScaleMode
             parts = ("feature_decoder.", "implicit.", "lr_encoder.")
             state = {k: v for k, v in state.items() if not k.startswith(parts)}
             state.update({k: v for k, v in source.items() if k.startswith(parts)})
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shapes differ: another preset or --config
+            raise ValueError(f"--init and --decoder-init do not fit one model: {str(exc).splitlines()[-1].strip()}") from None
         if unexpected or any(not k.startswith(("lr_encoder.", "implicit.first_lr.")) for k in missing):
             raise ValueError(f"--init does not fit the decoder stage's model (missing {missing}, unexpected {unexpected})")
         if missing:
