@@ -72,3 +72,28 @@ def test_liif_baseline_trains_and_evaluates(tmp_path, sr_ckpt):
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "| liif baseline | " in res.stdout and "| ours | " in res.stdout and "| bicubic | " in res.stdout
+
+
+def test_latent_ablation_quick(tmp_path):
+    """An LR-reading micro model through the ablation table: every latent row, both projections."""
+    import torch
+
+    from arbscale_core.checkpoint import save_model
+    from conftest import micro_model
+
+    model = micro_model("sr", lr_features=4, lr_blocks=1)
+    torch.nn.init.normal_(model.implicit.first_lr.weight, std=0.2)
+    ckpt = tmp_path / "lr.safetensors"
+    save_model(model, ckpt, training={"default_steps": 1})
+    data = tmp_path / "val"
+    data.mkdir()
+    for i in range(2):
+        write_png(data / f"{i}.png", 40, 36, seed=i)
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "latent_ablation.py"), "--model", str(ckpt),
+                          "--data", str(data), "--side", "32", "--quick", "--threads", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [line for line in res.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r.split("|")[1].strip() for r in rows] == ["condition latent (no diffusion)", "1 DDIM step",
+                                                        "2 DDIM steps"]
+    assert "(+0.00)" in rows[1].split("|")[3]  # the model's default, projection on, is the reference
