@@ -123,6 +123,10 @@ def main(argv=None) -> int:
         a.latent, a.scale = 12, 4.0
     torch.manual_seed(0)
     model = load_model(a.model) if a.model else ArbScaleModel(preset("tiny")).eval()
+    if model.reads_lr:  # the naive reference has no LR branch; the MLP's per-pixel cost is the same
+        print("error: this benchmark times latent-only decoders; the model reads the LR image "
+              "(omit --model for the tiny preset's decoder)", file=sys.stderr)
+        return 2
     latent = torch.randn(1, model.config.latent_channels, a.latent, a.latent)
     side = round(a.latent * a.scale)
     mpix = side * side / 1e6

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from arbscale_core.pipeline import decode, denoise, encode_condition
+from arbscale_core.pipeline import decode, denoise, encode_condition, sr_guide
 from arbscale_core.tiling import tile_starts, tiled_eps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,8 +78,10 @@ def test_tiled_upscale_close_to_untiled_shipped_model():
     from arbscale_core.imageops import load_image
 
     model = load_model(ROOT / "arbscale_core/weights/arbscale_sr_tiny.safetensors").eval()
-    cond = encode_condition(model, load_image(ROOT / "examples/building_lr.png")[..., :96, :96])
-    outs = [decode(model, denoise(model, cond, steps=3, seed=0, tile=tile, tile_overlap=16), 192, 192)
+    lr = load_image(ROOT / "examples/building_lr.png")[..., :96, :96]
+    cond = encode_condition(model, lr)
+    guide = sr_guide(model, lr, cond, consistency=False)  # the LR image, which the decoder reads
+    outs = [decode(model, denoise(model, cond, steps=3, seed=0, tile=tile, tile_overlap=16), 192, 192, guide=guide)
             for tile in (256, 36)]
     mse = float(((outs[0] - outs[1]) ** 2).mean())
     assert 10 * np.log10(1 / mse) > 30
