@@ -52,8 +52,8 @@ class ImplicitDecoder(nn.Module):
         k = 3 if cfg.feat_unfold else 1
         self.first_feat = nn.Conv2d(cfg.feature_channels, hidden[0], k, padding=k // 2)
         self.first_coord = nn.Linear(4, hidden[0], bias=False)  # (rel_y, rel_x, cell_y, cell_x)
-        # LR-reading decoders: the LR features' share of the first layer. Zero at creation, so a
-        # decoder fine-tuned from one without it starts out decoding exactly as before.
+        # LR-reading decoders: the LR features' share of the first layer. Zero at creation, so an
+        # MLP fine-tuned from one without it starts out computing what that one computed.
         self.first_lr = nn.Conv2d(cfg.lr_features, hidden[0], k, padding=k // 2) if cfg.lr_features else None
         if self.first_lr is not None:
             nn.init.zeros_(self.first_lr.weight)

@@ -31,20 +31,27 @@ BLOCKS = (512, 1024, 2048, 4096, 16384, 65536)
 
 
 def ours(model: ArbScaleModel, latent: torch.Tensor, side: int, chunk: int, block: int = QUERY_BLOCK,
-         dtype: torch.dtype | None = None) -> torch.Tensor:
-    first = model.first_layer_map(latent)
+         dtype: torch.dtype | None = None, lr: torch.Tensor | None = None) -> torch.Tensor:
+    first = model.first_layer_map(latent, lr)
     return torch.cat([b for _, _, b in decode_bands(model.implicit, first, side, side, chunk, dtype, block=block)], 2)
 
 
-def naive_liif(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int, chunk: int) -> torch.Tensor:
+def naive_liif(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int, chunk: int,
+               lr: torch.Tensor | None = None) -> torch.Tensor:
     """LIIF's query_rgb: per query, gather unfolded features of 4 neighbours, concat (rel, cell),
-    full MLP with the first layer as one Linear; area-weighted ensemble. [B,3,H,W]."""
+    full MLP with the first layer as one Linear; area-weighted ensemble. [B,3,H,W]. LR-reading
+    models: the LR features are concatenated to the latent's (the first layer reads both)."""
     feat = model.feature_decoder(latent / model.config.latent_scale)
-    b, c, h, w = feat.shape
     conv = model.implicit.first_feat
+    weight, bias = conv.weight, conv.bias
+    if model.reads_lr:
+        feat = torch.cat([feat, model.lr_features(lr, latent.shape[-2:])], 1)
+        weight = torch.cat([weight, model.implicit.first_lr.weight], 1)
+        bias = bias + model.implicit.first_lr.bias
+    b, c, h, w = feat.shape
     k = conv.kernel_size[0]
     feat = F.unfold(feat, k, padding=k // 2).view(b, c * k * k, h, w)
-    first = torch.cat([conv.weight.reshape(conv.out_channels, -1), model.implicit.first_coord.weight], 1)
+    first = torch.cat([weight.reshape(conv.out_channels, -1), model.implicit.first_coord.weight], 1)
     ys = -1 + (2 * torch.arange(height) + 1) / height
     xs = -1 + (2 * torch.arange(width) + 1) / width
     coord = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), -1).view(1, -1, 2).expand(b, -1, -1)
@@ -66,7 +73,7 @@ def naive_liif(model: ArbScaleModel, latent: torch.Tensor, height: int, width: i
                 cx = (((qs[..., 1] + 1) * w / 2).floor() + 0.5)
                 rel = torch.stack([(q[..., 0] + 1) * h / 2 - cy, (q[..., 1] + 1) * w / 2 - cx], -1)
                 inp = torch.cat([f, rel, cell.expand(b, q.shape[1], 2)], -1)
-                hid = inp @ first.T + conv.bias
+                hid = inp @ first.T + bias
                 preds.append(model.implicit.mlp(hid))
                 areas.append((rel[..., 0] * rel[..., 1]).abs() + 1e-9)
         total = sum(areas)
@@ -103,7 +110,7 @@ def mlp_flops_per_pixel(model: ArbScaleModel) -> int:
 
 def naive_flops_per_pixel(model: ArbScaleModel) -> int:
     k = model.implicit.first_feat.kernel_size[0]
-    in_dim = model.config.feature_channels * k * k + 4
+    in_dim = (model.config.feature_channels + model.config.lr_features) * k * k + 4
     return mlp_flops_per_pixel(model) + 4 * 2 * in_dim * model.config.mlp_hidden[0]
 
 
@@ -123,26 +130,23 @@ def main(argv=None) -> int:
         a.latent, a.scale = 12, 4.0
     torch.manual_seed(0)
     model = load_model(a.model) if a.model else ArbScaleModel(preset("tiny")).eval()
-    if model.reads_lr:  # the naive reference has no LR branch; the MLP's per-pixel cost is the same
-        print("error: this benchmark times latent-only decoders; the model reads the LR image "
-              "(omit --model for the tiny preset's decoder)", file=sys.stderr)
-        return 2
     latent = torch.randn(1, model.config.latent_channels, a.latent, a.latent)
+    lr = torch.rand(1, 3, a.latent, a.latent) * 2 - 1 if model.reads_lr else None  # LR-reading models
     side = round(a.latent * a.scale)
     mpix = side * side / 1e6
     repeat = 1 if a.quick else 3
     with torch.no_grad():
-        ref = ours(model, latent, side, a.chunk)
-        naive = naive_liif(model, latent, side, side, a.chunk)
-        bf16 = ours(model, latent, side, a.chunk, dtype=torch.bfloat16)
-        naive_times = {c: timeit(lambda c=c: naive_liif(model, latent, side, side, c), repeat)
+        ref = ours(model, latent, side, a.chunk, lr=lr)
+        naive = naive_liif(model, latent, side, side, a.chunk, lr)
+        bf16 = ours(model, latent, side, a.chunk, dtype=torch.bfloat16, lr=lr)
+        naive_times = {c: timeit(lambda c=c: naive_liif(model, latent, side, side, c, lr), repeat)
                        for c in ((a.chunk,) if a.quick else NAIVE_CHUNKS)}
         naive_chunk = min(naive_times, key=naive_times.get)
         t_naive = naive_times[naive_chunk]
-        t_fp32 = timeit(lambda: ours(model, latent, side, a.chunk), repeat)
-        t_bf16 = timeit(lambda: ours(model, latent, side, a.chunk, dtype=torch.bfloat16), repeat)
+        t_fp32 = timeit(lambda: ours(model, latent, side, a.chunk, lr=lr), repeat)
+        t_bf16 = timeit(lambda: ours(model, latent, side, a.chunk, dtype=torch.bfloat16, lr=lr), repeat)
         block_times = {} if a.quick else {
-            b: timeit(lambda b=b: ours(model, latent, side, a.chunk, block=b), repeat) for b in BLOCKS}
+            b: timeit(lambda b=b: ours(model, latent, side, a.chunk, block=b, lr=lr), repeat) for b in BLOCKS}
     peak32 = matmul_peak(torch.float32, 1024 if a.quick else 2048)
     peak16 = matmul_peak(torch.bfloat16, 1024 if a.quick else 2048)
 

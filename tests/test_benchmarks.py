@@ -97,3 +97,21 @@ def test_latent_ablation_quick(tmp_path):
     assert [r.split("|")[1].strip() for r in rows] == ["condition latent (no diffusion)", "1 DDIM step",
                                                         "2 DDIM steps"]
     assert "(+0.00)" in rows[1].split("|")[3]  # the model's default, projection on, is the reference
+
+
+def test_decoder_speed_lr_reading_model(tmp_path):
+    """The LR branch enters the naive reference too: both still compute the same function."""
+    import torch
+
+    from arbscale_core.checkpoint import save_model
+    from conftest import micro_model
+
+    model = micro_model("sr", lr_features=4, lr_blocks=1)
+    torch.nn.init.normal_(model.implicit.first_lr.weight, std=0.2)
+    ckpt = tmp_path / "lr.safetensors"
+    save_model(model, ckpt)
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decoder_speed.py"), "--quick", "--threads", "1",
+                          "--model", str(ckpt), "--out", str(tmp_path / "speed.json")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert float(res.stdout.split("max |diff| ")[1].split()[0]) < 1e-4
