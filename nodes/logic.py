@@ -34,8 +34,8 @@ class ArbLatent:
     """What travels on an ARBSCALE_LATENT socket.
 
     latent: [B,C,h,w] (scaled) once denoised, else None; cond: the SR condition latent or None;
-    guide: what SR decoding takes from the LR image (``pipeline.sr_guide``: the anchor and the LR
-    image for the consistency projection), else None;
+    guide: what SR decoding takes from the LR image (``pipeline.sr_guide``: the LR image, read by
+    LR-reading decoders and the consistency projection, and the anchor), else None;
     source_hw: the LR image's (H, W) for SR, or the requested output (H, W) for generation, so a
     scale has something to multiply.
     """
