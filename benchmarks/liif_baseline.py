@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from arbscale_core.autoencoder import LREncoder
 from arbscale_core.config import ModelConfig
 from arbscale_core.evaluate import baseline, hr_crop_for_scale, make_lr, psnr
 from arbscale_core.imageops import from_uint8, resize, to_uint8
@@ -38,24 +38,17 @@ from arbscale_core.implicit_decoder import ImplicitDecoder, decode_bands, make_c
 LR_SIDE = 32
 
 
-class LIIFBaseline(nn.Module):
-    """LR [B,3,h,w] in -1..1 -> any size, as bicubic + an implicit-decoder residual."""
+class LIIFBaseline(LREncoder):
+    """LR [B,3,h,w] in -1..1 -> any size, as bicubic + an implicit-decoder residual. The encoder is
+    the one LR-reading ArbScale decoders use (its head/body/tail are this module's own)."""
 
     def __init__(self, channels: int = 48, blocks: int = 4, hidden: tuple[int, ...] = (128, 128, 128)):
-        super().__init__()
-        self.head = nn.Conv2d(3, channels, 3, padding=1)
-        self.body = nn.ModuleList(nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True),
-                                                nn.Conv2d(channels, channels, 3, padding=1)) for _ in range(blocks))
-        self.tail = nn.Conv2d(channels, channels, 3, padding=1)
+        super().__init__(ModelConfig(lr_features=channels, lr_blocks=blocks))
         self.implicit = ImplicitDecoder(ModelConfig(feature_channels=channels, mlp_hidden=hidden))
         self.shape = {"channels": channels, "blocks": blocks, "hidden": list(hidden)}
 
     def first(self, lr: torch.Tensor) -> torch.Tensor:
-        x = self.head(lr)
-        h = x
-        for block in self.body:
-            h = h + block(h)
-        return self.implicit.first_layer_map(self.tail(h) + x)
+        return self.implicit.first_layer_map(super().forward(lr))
 
     def forward(self, lr: torch.Tensor, height: int, width: int, rows: torch.Tensor,
                 cols: torch.Tensor) -> torch.Tensor:
