@@ -227,13 +227,14 @@ def _low_res_terms(model: ArbScaleModel, guide: SRGuide | None) -> list[torch.Te
 
 def _raw_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int, chunk: int,
                dtype: torch.dtype | None, start_row: int, min_chunk: int, added: list[torch.Tensor],
-               guide: SRGuide | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
+               lr: torch.Tensor | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
     """(y0, y1, float32 band in -1..1, not clamped) with the low-res images ``added`` resized and
-    added; LR-reading decoders read ``guide.lr``. On out-of-memory the chunk halves down to
-    ``min_chunk``; decoding resumes at the first row not yet yielded."""
+    added; LR-reading decoders read ``lr`` (the LR image, -1..1; other models ignore it). On
+    out-of-memory the chunk halves down to ``min_chunk``; decoding resumes at the first row not yet
+    yielded."""
     device = next(model.parameters()).device
     latent = latent.to(device)
-    lr = guide.lr.to(device, torch.float32) if model.reads_lr and guide is not None and guide.lr is not None else None
+    lr = lr.to(device, torch.float32) if lr is not None else None
     low_res = [_LowRes(a, height, width, device) for a in added]
     done = start_row
     while True:
@@ -283,7 +284,7 @@ def lr_correction(model: ArbScaleModel, latent: torch.Tensor, height: int, width
     bands = []
     measured = torch.zeros_like(lr)
     for y0, y1, band in _raw_bands(model, latent, ph, pw, chunk, dtype, 0, min_chunk,
-                                   _low_res_terms(model, guide), guide):
+                                   _low_res_terms(model, guide), lr):
         band = band.clamp(-1, 1)  # what the output holds
         measured += down_rows[:, y0:y1] @ band @ down_cols_t
         if keep:
@@ -330,7 +331,8 @@ def decode_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width:
                     yield y0, y1, ((band + fix.band(y0, y1) + 1) / 2).clamp(0, 1)
             return
         added.append(correction)
-    for y0, y1, band in _raw_bands(model, latent, height, width, chunk, dtype, start_row, min_chunk, added, guide):
+    for y0, y1, band in _raw_bands(model, latent, height, width, chunk, dtype, start_row, min_chunk, added,
+                                   guide.lr if guide is not None else None):
         yield y0, y1, ((band + 1) / 2).clamp(0, 1)
         if progress:
             progress(measure_rows + y1, measure_rows + height)
