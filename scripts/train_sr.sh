@@ -72,7 +72,7 @@ export_model "$run/regress/model.safetensors" sr_aligned.safetensors
 # Stage 4 for the default model (not in the paper): stage 3's U-Net and 1-step estimate, decoded
 # by stage 1's decoders plus an LR-image encoder they learn to read (config lr_features).
 stage decoder --init "$run/regress/model.safetensors" --decoder-init "$ae" "${common[@]}" --out "$run/decoder" \
-    --minutes "${DEC_MIN:-2}" --batch "${DEC_BATCH:-16}" --crop 96 --lr 2e-4 --warmup 100 --val-every 500 \
+    --minutes "${DEC_MIN:-2}" --batch "${DEC_BATCH:-16}" --crop 96 --lr 4e-4 --warmup 100 --val-every 500 \
     --lr-scale-range 2 6
 export_model "$run/decoder/model.safetensors" sr_default.safetensors
 [ -z "$export_dir" ] || cp "$run/decoder/log.csv" "$export_dir/decoder_log.csv"
