@@ -23,6 +23,10 @@ from arbscale_core.train.data import ImageSet
 from arbscale_core.train.stages import psnr
 
 
+def steps_label(steps: int) -> str:
+    return f"{steps} DDIM step{'s' if steps > 1 else ''}"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="folder of HR photos")
@@ -51,14 +55,13 @@ def main(argv=None) -> int:
             xi, hi = x[i:i + 1], hr[i:i + 1]
             cond = encode_condition(model, xi)
             latents = [("condition latent (no diffusion)", cond)]
-            latents += [(f"{s} DDIM step{'s' if s > 1 else ''}", denoise(model, cond, steps=s)) for s in steps]
+            latents += [(steps_label(s), denoise(model, cond, steps=s)) for s in steps]
             for name, latent in latents:
                 for projection in (False, True):
                     out = decode(model, latent, a.side, a.side, guide=sr_guide(model, xi, cond, projection))
                     scores.setdefault((name, projection), []).append(psnr(out * 2 - 1, hi))
     mean = {k: sum(v) / len(v) for k, v in scores.items()}
-    own = default_steps(model)
-    ref = mean.get((f"{own} DDIM step{'s' if own > 1 else ''}", True))
+    ref = mean.get((steps_label(default_steps(model)), True))
     print(f"{a.model}: {len(hr)} crops of {a.side}² at x{a.scale}, PSNR dB; bicubic "
           f"{sum(psnr(resize(lr[i:i + 1], a.side, a.side), hr[i:i + 1]) for i in range(len(hr))) / len(hr):.2f}\n")
     print("| latent decoded | no projection | projection |")
