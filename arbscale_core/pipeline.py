@@ -53,6 +53,16 @@ def check_scale(scale: float) -> float:
     return value
 
 
+def size_problem(width: int, height: int) -> str | None:
+    """Why an output of width x height is refused, or None; web/size.js words it the same."""
+    if width < 1 or height < 1:
+        return f"output size must be positive, got {width}x{height}"
+    if width * height > MAX_OUTPUT_PIXELS:
+        return (f"output {width}x{height} is too large: {width * height:,} pixels, over the limit of "
+                f"{MAX_OUTPUT_PIXELS:,}")
+    return None
+
+
 def scaled_side(side: int, scale: float) -> int:
     """side x scale rounded half up (22.5 -> 23, not Python's banker's 22), at least 1."""
     return max(1, math.floor(side * scale + 0.5))
@@ -71,8 +81,9 @@ def output_size(lr_height: int, lr_width: int, scale: float | None = None,
     else:
         s = check_scale(scale)
         height, width = scaled_side(lr_height, s), scaled_side(lr_width, s)
-    if height * width > MAX_OUTPUT_PIXELS:
-        raise ValueError(f"output {width}x{height} is too large (over {MAX_OUTPUT_PIXELS} pixels)")
+    problem = size_problem(width, height)
+    if problem:
+        raise ValueError(problem)
     return height, width
 
 

@@ -9,8 +9,8 @@ import folder_paths
 import torch
 from comfy_api.latest import ComfyExtension, io
 
-from arbscale_core.cli import DEFAULT_MODELS
-from arbscale_core.pipeline import DEFAULT_STEPS, default_steps
+from arbscale_core.cli import BUNDLED_MODELS, WEIGHTS_DIR
+from arbscale_core.pipeline import DEFAULT_STEPS, ENSEMBLE_SIZES, default_steps
 
 from . import logic
 
@@ -25,15 +25,19 @@ CATEGORY = "ArbScale"
 
 
 def model_choices() -> list[str]:
-    bundled = [BUNDLED_PREFIX + p.name for p in DEFAULT_MODELS.values() if p.is_file()]
+    bundled = [BUNDLED_PREFIX + name for name in BUNDLED_MODELS if (WEIGHTS_DIR / name).is_file()]
     return bundled + folder_paths.get_filename_list(FOLDER)
+
+
+MODEL_TOOLTIP = "\n".join([f"{BUNDLED_PREFIX}{name}: {what}" for name, what in BUNDLED_MODELS.items()]
+                          + [f"other names: your own files in models/{FOLDER}"])
 
 
 def resolve_model_path(name: str) -> str:
     if name.startswith(BUNDLED_PREFIX):
-        for path in DEFAULT_MODELS.values():
-            if path.name == name[len(BUNDLED_PREFIX):] and path.is_file():
-                return str(path)
+        path = WEIGHTS_DIR / name[len(BUNDLED_PREFIX):]
+        if name[len(BUNDLED_PREFIX):] in BUNDLED_MODELS and path.is_file():
+            return str(path)
         raise ValueError(f"ArbScale: bundled model {name!r} is not installed")
     path = folder_paths.get_full_path(FOLDER, name)
     if path is None:
@@ -47,6 +51,17 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     if mm.should_use_fp16(device):
         return torch.float16
     return None
+
+
+def combo_check(name: str, value, options: list) -> bool | str:
+    if value in options:
+        return True
+    shown = ", ".join(map(str, options[:8])) + (", ..." if len(options) > 8 else "")
+    return f"ArbScale: {name} {value!r} is not one of the choices ({shown})"
+
+
+def check_output_memory(batch: int, height: int, width: int) -> None:
+    logic.check_image_memory(batch, height, width, mm.get_free_memory(torch.device("cpu")))
 
 
 class _Progress:
@@ -83,6 +98,7 @@ def sampling_inputs() -> list:
             io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True)]
 
 
+ENSEMBLE_CHOICES = [str(n) for n in ENSEMBLE_SIZES]
 CONSISTENCY = dict(default=True, tooltip="SR: correct the output so that, brought back to the input's size, it "
                                          "gives the input (iterative back-projection; no effect on generation)")
 CHUNK = dict(default=65536, min=1024, max=16777216, step=1024, tooltip="pixels decoded at a time (memory)")
@@ -93,8 +109,13 @@ class ArbScaleLoadModel(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(node_id="ArbScaleLoadModel", display_name="ArbScale Load Model", category=CATEGORY,
                          description="Load an ArbScale model (models/arbscale or the bundled weights).",
-                         inputs=[io.Combo.Input("model_name", options=model_choices())],
+                         inputs=[io.Combo.Input("model_name", options=model_choices(), tooltip=MODEL_TOOLTIP)],
                          outputs=[ArbModel.Output(display_name="model")])
+
+    @classmethod
+    def validate_inputs(cls, model_name) -> bool | str:
+        # V3 combos are not checked against their options by ComfyUI itself: refuse here, at validation.
+        return combo_check("model_name", model_name, model_choices())
 
     @classmethod
     def execute(cls, model_name) -> io.NodeOutput:
@@ -167,6 +188,7 @@ class ArbScaleImplicitDecode(io.ComfyNode):
     @classmethod
     def execute(cls, latent, scale, width, height, chunk, lr_consistency=True) -> io.NodeOutput:
         h, w = logic.target_size(latent.source_hw, scale, width, height)
+        check_output_memory(latent.latent_shape[0] if latent.latent_shape else 1, h, w)
         model, device = _on_device(latent.model)
         try:
             image = logic.run_decode(latent, h, w, chunk, _Progress(h).hooks(), autocast_dtype(device),
@@ -185,16 +207,21 @@ class ArbScaleUpscale(io.ComfyNode):
                                  io.Int.Input("width", **WIDTH), io.Int.Input("height", **HEIGHT),
                                  *sampling_inputs(), io.Int.Input("chunk", **CHUNK),
                                  io.Boolean.Input("lr_consistency", **CONSISTENCY),
-                                 io.Combo.Input("ensemble", options=["1", "2", "4", "8"], default="1",
+                                 io.Combo.Input("ensemble", options=ENSEMBLE_CHOICES, default="1",
                                                 tooltip="geometric self-ensemble: average this many runs on "
                                                         "flipped/transposed copies (more PSNR, that many times the work)")],
                          outputs=[io.Image.Output(display_name="image")])
+
+    @classmethod
+    def validate_inputs(cls, ensemble) -> bool | str:
+        return combo_check("ensemble", ensemble, ENSEMBLE_CHOICES)
 
     @classmethod
     def execute(cls, model, image, scale, width, height, steps, eta, seed, chunk, lr_consistency=True,
                 ensemble="1") -> io.NodeOutput:
         source_hw = (image.shape[1], image.shape[2])
         h, w = logic.target_size(source_hw, scale, width, height)
+        check_output_memory(image.shape[0], h, w)
         model, device = _on_device(model)
         progress = _Progress(100)
         try:

@@ -15,11 +15,14 @@ import torch
 
 from arbscale_core.checkpoint import CheckpointError, load_model
 from arbscale_core.model import ArbScaleModel
-from arbscale_core.pipeline import (MAX_OUTPUT_PIXELS, SRGuide, check_ensemble, check_scale, decode_bands,
+from arbscale_core.pipeline import (SRGuide, check_ensemble, check_scale, decode_bands,
                                     default_steps, denoise, encode_condition, ensemble_average,
-                                    generation_latent_size, scaled_side, sr_guide)
+                                    generation_latent_size, scaled_side, size_problem, sr_guide)
 
-MAX_SIDE = 65536  # widgets allow at most this; larger is surely a mistake
+MAX_SIDE = 65536  # width/height widgets allow at most this; the output limit is its pixel count
+# RAM an output needs, in IMAGEs: the IMAGE itself, plus what SaveImage / PreviewImage take to write
+# it (their float copy and clip: 2.25x the IMAGE measured, 5000x5000 in ComfyUI 0.3.64).
+IMAGE_RAM_FACTOR = 3.25
 
 
 @dataclass
@@ -107,10 +110,28 @@ def run_denoise(src: ArbLatent, steps: int, eta: float, seed: int, hooks: Hooks 
 
 
 def check_size(width: int, height: int) -> None:
-    if width < 1 or height < 1:
-        raise ValueError(f"ArbScale: output size must be positive, got {width}x{height}")
-    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_OUTPUT_PIXELS:
-        raise ValueError(f"ArbScale: output size {width}x{height} is too large (at most {MAX_SIDE} per side)")
+    problem = size_problem(width, height)
+    if problem:
+        raise ValueError(f"ArbScale: {problem}")
+
+
+def image_bytes(batch: int, height: int, width: int) -> int:
+    """Bytes of a ComfyUI IMAGE [batch,height,width,3] (float32)."""
+    return batch * height * width * 3 * 4
+
+
+def check_image_memory(batch: int, height: int, width: int, free_bytes: int) -> None:
+    """Refuse, before any work, an output whose IMAGE (and saving it) would not fit in free RAM.
+    The IMAGE lives in RAM whatever the device (bands are decoded there and copied out)."""
+    need = image_bytes(batch, height, width) * IMAGE_RAM_FACTOR
+    if need > free_bytes:
+        image_gb = image_bytes(batch, height, width) / 1e9
+        raise ValueError(
+            f"ArbScale: a {width}x{height} output{f' (batch {batch})' if batch > 1 else ''} needs about "
+            f"{need / 1e9:.1f} GB of RAM ({image_gb:.1f} GB for the float32 IMAGE, the rest to save it) but "
+            f"{free_bytes / 1e9:.1f} GB is free: decode a smaller size, or use the command line "
+            f"(arbscale upscale|generate ... -o OUT.png --size {width}x{height}), which writes large PNGs band by "
+            f"band")
 
 
 def target_size(source_hw: tuple[int, int], scale: float, width: int = 0, height: int = 0) -> tuple[int, int]:

@@ -52,9 +52,35 @@ def test_upscale_node_options(result):
     run = result["upscale_options"]
     assert run["valid"] and run["success"], run
     assert [size for _, size in run["saved"]] == [[803, 555]]
-    bad = result["bad_ensemble"]  # not one of the combo's options: refused, before or while running
-    assert not bad["valid"] or (not bad["success"] and "ensemble must be one of" in
-                                bad["errors"][0]["exception_message"]), bad
+    bad = result["bad_ensemble"]  # not one of the combo's options: refused at validation, before running
+    assert not bad["valid"], bad
+    assert "ensemble '3' is not one of the choices (1, 2, 4, 8)" in bad["node_errors"], bad
+
+
+def test_unknown_model_refused_at_validation(result):
+    bad = result["unknown_model"]
+    assert not bad["valid"], bad
+    assert "model_name 'no_such_model.safetensors' is not one of the choices" in bad["node_errors"], bad
+
+
+def test_load_model_lists_every_bundled_model_with_a_description(result):
+    options, tooltip = result["model_options"]
+    bundled = sorted(p.name for p in (ROOT / "arbscale_core" / "weights").glob("*.safetensors"))
+    assert sorted(o for o in options if o.startswith("bundled/")) == [f"bundled/{n}" for n in bundled]
+    assert "test_sr.safetensors" in options  # and the user's own files in models/arbscale
+    for name in bundled:
+        line = next(line for line in tooltip.splitlines() if line.startswith(f"bundled/{name}: "))
+        assert len(line) > len(f"bundled/{name}: ") + 20
+
+
+@pytest.mark.parametrize("case", ["huge_upscale", "huge_decode"])
+def test_output_too_big_for_ram_refused_before_work(result, case):
+    run = result[case]
+    assert run["valid"] and not run["success"], run
+    message = run["errors"][0]["exception_message"]
+    assert message.startswith("ArbScale: a ") and "GB of RAM" in message and "GB is free" in message, message
+    assert "band by band" in message
+    assert run["progress"] == []
 
 
 def test_one_latent_many_scales_workflow(result):
@@ -66,7 +92,7 @@ def test_one_latent_many_scales_workflow(result):
 def test_generate_texture_workflow(result):
     run = result["arbscale_generate_texture"]
     assert run["valid"] and run["success"], run
-    assert [size for _, size in run["saved"]] == [[640, 360]]
+    assert sorted(size for _, size in run["saved"]) == [[256, 256], [768, 768]]
 
 
 def test_bad_scale_is_a_readable_error(result):
@@ -79,7 +105,8 @@ def test_bad_scale_is_a_readable_error(result):
 
 
 @pytest.mark.parametrize("case,message", [("bad_model", "not a valid safetensors file"),
-                                          ("absurd_size", "is too large")])
+                                          ("absurd_size", "65536x65536 is too large: 4,294,967,296 pixels, "
+                                                          "over the limit of 2,147,483,648")])
 def test_bad_inputs_are_readable_errors(result, case, message):
     run = result[case]
     assert run["valid"] and not run["success"]

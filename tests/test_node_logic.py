@@ -64,11 +64,28 @@ def test_bad_scale_is_readable_error(scale):
         logic.target_size((10, 10), scale)
 
 
-def test_absurd_size_rejected():
+def test_absurd_size_rejected_by_its_pixel_count():
     with pytest.raises(ValueError, match="too large"):
         logic.target_size((10, 10), 100000.0)
-    with pytest.raises(ValueError, match="too large"):
-        logic.target_size((10, 10), 1.0, 70000, 10)
+    with pytest.raises(ValueError, match=r"^ArbScale: output 65536x65536 is too large: 4,294,967,296 pixels, "
+                                         r"over the limit of 2,147,483,648$"):
+        logic.target_size((10, 10), 1.0, 65536, 65536)
+    # the limit is the pixel count, not a side: a long strip is fine
+    assert logic.target_size((10, 10), 1.0, 70000, 10) == (10, 70000)
+    assert logic.target_size((10, 10), 1.0, 32768, 65536) == (65536, 32768)  # exactly 2**31 pixels
+
+
+def test_output_whose_image_does_not_fit_ram_is_refused():
+    gb = 10 ** 9
+    logic.check_image_memory(1, 10000, 10000, free_bytes=4 * gb)  # 1.2 GB IMAGE, 3.9 GB with saving: fits
+    with pytest.raises(ValueError) as err:
+        logic.check_image_memory(1, 40000, 40000, free_bytes=20 * gb)
+    message = str(err.value)
+    assert message.startswith("ArbScale: a 40000x40000 output needs about 62.4 GB of RAM (19.2 GB for the "
+                              "float32 IMAGE, the rest to save it) but 20.0 GB is free")
+    assert "--size 40000x40000" in message
+    with pytest.raises(ValueError, match=r"\(batch 4\) needs about 15.6 GB"):
+        logic.check_image_memory(4, 10000, 10000, free_bytes=4 * gb)
 
 
 def test_interrupt_stops_denoise_within_two_steps(sr_model):

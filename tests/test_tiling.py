@@ -78,7 +78,7 @@ def test_tiled_upscale_close_to_untiled_shipped_model():
     from arbscale_core.imageops import load_image
 
     model = load_model(ROOT / "arbscale_core/weights/arbscale_sr_tiny.safetensors").eval()
-    lr = load_image(ROOT / "examples/building_lr.png")[..., :96, :96]
+    lr = load_image(ROOT / "assets/building_lr.png")[..., :96, :96]
     cond = encode_condition(model, lr)
     guide = sr_guide(model, lr, cond, consistency=False)  # the LR image, which the decoder reads
     outs = [decode(model, denoise(model, cond, steps=3, seed=0, tile=tile, tile_overlap=16), 192, 192, guide=guide)

@@ -25,3 +25,27 @@ def test_js_output_size_matches_python(tmp_path):
     for (source, scale, width, height), js in zip(CASES, out):
         h, w = logic.target_size(source, scale, width, height)
         assert js == [w, h], (source, scale, width, height)
+
+
+SIZE_CASES = [(65536, 65536), (32768, 65536), (32769, 65536), (0, 5), (70000, 10), (1, 1)]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js not installed")
+def test_js_refusal_messages_match_python(tmp_path):
+    from arbscale_core.pipeline import size_problem
+
+    script = tmp_path / "run.mjs"
+    script.write_text(
+        f"import {{ sizeProblem, outputSize }} from {json.dumps((ROOT / 'web' / 'size.js').as_uri())};\n"
+        f"const cases = {json.dumps(SIZE_CASES)};\n"
+        "console.log(JSON.stringify({problems: cases.map(([w, h]) => sizeProblem(w, h)),\n"
+        "  viaSize: outputSize([10, 10], 1, 65536, 65536), badScale: outputSize([10, 10], 0, 0, 0)}));\n")
+    out = json.loads(subprocess.run(["node", str(script)], capture_output=True, text=True, check=True).stdout)
+    assert out["problems"] == [size_problem(w, h) for w, h in SIZE_CASES]
+    assert out["problems"][0] is not None and out["problems"][1] is None and out["problems"][2] is not None
+    with pytest.raises(ValueError) as err:
+        logic.target_size((10, 10), 1.0, 65536, 65536)
+    assert str(err.value) == "ArbScale: " + out["viaSize"]
+    with pytest.raises(ValueError) as err:
+        logic.target_size((10, 10), 0)
+    assert str(err.value).startswith("ArbScale: " + out["badScale"].rsplit(" got ", 1)[0])

@@ -29,7 +29,7 @@ work = Path(work)
 (work / "models").mkdir(exist_ok=True)
 folder_paths.set_input_directory(str(work / "input"))
 folder_paths.set_output_directory(str(work / "output"))
-shutil.copy(Path(pack_dir) / "examples" / "building_lr.png", work / "input" / "building_lr.png")
+shutil.copy(Path(pack_dir) / "assets" / "building_lr.png", work / "input" / "building_lr.png")
 shutil.copy(sr_model, work / "models" / "test_sr.safetensors")
 shutil.copy(gen_model, work / "models" / "test_gen.safetensors")
 
@@ -82,7 +82,7 @@ async def main():
     folder_paths.add_model_folder_path("arbscale", str(work / "models"))
     result["node_ids"] = sorted(k for k in nodes.NODE_CLASS_MAPPINGS if k.startswith("ArbScale"))
     result["web_dir"] = nodes.EXTENSION_WEB_DIRS.get(Path(pack_dir).name)
-    api = Path(pack_dir) / "workflows" / "api"
+    api = Path(pack_dir) / "api_workflows"
     for i, name in enumerate(["arbscale_upscale", "arbscale_one_latent_many_scales", "arbscale_generate_texture"]):
         graph = with_models(json.loads((api / f"{name}.json").read_text()))
         result[name] = await run_prompt(graph, f"p{i}")
@@ -93,6 +93,11 @@ async def main():
     result["upscale_options"] = await run_prompt(graph, "options")
     graph["3"]["inputs"]["ensemble"] = "3"
     result["bad_ensemble"] = await run_prompt(graph, "badensemble")
+    graph = with_models(json.loads((api / "arbscale_upscale.json").read_text()))
+    graph["2"]["inputs"]["model_name"] = "no_such_model.safetensors"
+    result["unknown_model"] = await run_prompt(graph, "unknownmodel")
+    load = nodes.NODE_CLASS_MAPPINGS["ArbScaleLoadModel"].INPUT_TYPES()["required"]["model_name"]
+    result["model_options"] = [load[0] if isinstance(load[0], list) else load[1].get("options"), load[1].get("tooltip")]
 
     # Bad input: a scale of 0 reaches the node through the API (the UI's min would stop it).
     graph = with_models(json.loads((api / "arbscale_upscale.json").read_text()))
@@ -107,6 +112,19 @@ async def main():
     graph = with_models(json.loads((api / "arbscale_upscale.json").read_text()))
     graph["3"]["inputs"].update(width=65536, height=65536)
     result["absurd_size"] = await run_prompt(graph, "absurd")
+    # Within the pixel limit but its IMAGE would not fit in RAM: refused before any work.
+    for key, (w, h) in {"huge_upscale": (40000, 40000), "huge_decode": (46000, 46000)}.items():
+        graph = with_models(json.loads((api / "arbscale_upscale.json" if key == "huge_upscale"
+                                        else api / "arbscale_one_latent_many_scales.json").read_text()))
+        graph["3" if key == "huge_upscale" else "5"]["inputs"].update(width=w, height=h)
+        seen = []  # progress of the refusing node: none, it does no work
+        refusing = "3" if key == "huge_upscale" else "5"
+        comfy.utils.set_progress_bar_global_hook(
+            lambda value, total, preview, prompt_id=None, node_id=None: seen.append(value) if node_id == refusing else None)
+        result[key] = await run_prompt(graph, key)
+        result[key]["progress"] = seen
+    import psutil
+    result["free_ram"] = psutil.virtual_memory().available
 
     # Interrupt: the progress hook asks for an interrupt at the first denoise step.
     progress = []
