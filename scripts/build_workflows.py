@@ -86,7 +86,7 @@ def graph(nodes: list[dict]) -> tuple[dict, dict]:
 
 
 def load_image(i, pos):
-    return {"id": i, "type": "LoadImage", "pos": pos, "size": [260, 300],
+    return {"id": i, "type": "LoadImage", "pos": pos, "size": [260, 330],
             "widgets": {"image": "building_lr.png", "upload": "image"}}
 
 
@@ -110,8 +110,8 @@ def save(i, pos, size, prefix, images):
 WORKFLOWS = {
     "arbscale_upscale": [
         load_image(1, [0, 0]),
-        {"id": 2, "type": "ArbScaleLoadModel", "pos": [0, 370], "size": [400, 58], "widgets": {"model_name": MODEL}},
-        note(5, [0, 490], [400, 190],
+        {"id": 2, "type": "ArbScaleLoadModel", "pos": [0, 395], "size": [400, 58], "widgets": {"model_name": MODEL}},
+        note(5, [0, 515], [400, 190],
              "Upscale by any factor (3.7 here), or set width / height (one keeps the aspect).\n\n"
              "Models: arbscale_sr_tiny (default, faithful, 1 step) or arbscale_sr_tiny_detail (20 steps, "
              "invents texture; eta and seed vary it).\n\nThe label under the node shows the output size."),
@@ -123,12 +123,12 @@ WORKFLOWS = {
     ],
     "arbscale_one_latent_many_scales": [
         load_image(1, [0, 0]),
-        {"id": 2, "type": "ArbScaleLoadModel", "pos": [0, 370], "size": [400, 58], "widgets": {"model_name": MODEL}},
+        {"id": 2, "type": "ArbScaleLoadModel", "pos": [0, 395], "size": [400, 58], "widgets": {"model_name": MODEL}},
         {"id": 3, "type": "ArbScaleEncodeLR", "pos": [290, 0], "size": [290, 50],
          "inputs": {"model": (2, 0), "image": (1, 0)}},
         {"id": 4, "type": "ArbScaleLatentDenoise", "pos": [290, 115], "size": [290, 140],
          "widgets": {"steps": 0, "eta": 0.0, "seed": 0}, "inputs": {"latent": (3, 0)}},
-        note(11, [0, 490], [580, 130],
+        note(11, [0, 515], [580, 130],
              "Denoise once, decode many times: the diffusion runs at the input's size, so each extra "
              "output size costs only its decode.\n\nEach Decode sets a scale, or a width and/or height."),
         decode(5, [610, 0], "Decode x2", (4, 0), scale=2.0),

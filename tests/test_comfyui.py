@@ -119,3 +119,13 @@ def test_interrupt_stops_within_two_steps(result):
     assert "execution_interrupted" in run["events"]
     assert not run["saved"]
     assert max(run["denoise_progress"]) <= 3, run["denoise_progress"]
+
+
+def test_registry_validation_passes():
+    comfy = Path(COMFYUI_DIR).parent / "venv" / "bin" / "comfy"
+    if not comfy.exists():
+        pytest.skip("comfy-cli not installed in ComfyUI's venv")
+    proc = subprocess.run([str(comfy), "--no-json", "node", "validate"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PATH": f"{comfy.parent}:{os.environ['PATH']}"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "All validation checks passed" in proc.stdout

@@ -223,6 +223,14 @@ def test_size_label_states_and_screenshot(page, shots):
     assert kind == "warn" and text == "217x150 → 40000x40000 (IMAGE 19.2 GB of RAM)"
     text, kind, _ = _label_state(page, "ArbScaleUpscale", {"width": 0, "height": 0, "scale": 3.7})
     assert (text, kind) == ("217x150 → 803x555", "ok")
+    # Run it as a person does (the Run button) and wait for the saved image to show in Save Image.
+    page.get_by_role("button", name="Run").first.click()
+    page.wait_for_function("""() => { const n = window.app.graph._nodes.find(n => n.type === 'SaveImage');
+        return n && n.imgs && n.imgs[0] && n.imgs[0].naturalWidth === 803 && n.imgs[0].naturalHeight === 555; }""",
+                           timeout=120000)
+    page.evaluate("() => window.app.graph.setDirtyCanvas(true, true)")
+    page.wait_for_timeout(500)
+    assert _label_state(page, "ArbScaleUpscale", {})[:2] == ["217x150 → 803x555", "ok"]
     # ARBSCALE_UPDATE_DOCS=1 refreshes the README's screenshot; otherwise the tree stays clean.
     target = ROOT / "docs" if os.environ.get("ARBSCALE_UPDATE_DOCS") else shots
     page.screenshot(path=str(target / "comfyui_upscale_workflow.png"))
@@ -256,11 +264,10 @@ def test_fresh_node_fits_title_and_label(page, node_type):
 def test_load_model_lists_every_bundled_model(server):
     _, info, _ = server
     spec = info["ArbScaleLoadModel"]["input"]["required"]["model_name"]
+    options = spec[1].get("options") or spec[0]
     bundled = sorted(p.name for p in (ROOT / "arbscale_core" / "weights").glob("*.safetensors"))
-    options = spec[1]["options"] if len(spec) > 1 and "options" in spec[1] else spec[0]
-    assert [o for o in options if o.startswith("bundled/")] == [f"bundled/{n}" for n in bundled] or \
-        sorted(o for o in options if o.startswith("bundled/")) == [f"bundled/{n}" for n in bundled]
-    for name in bundled:
+    assert sorted(o for o in options if o.startswith("bundled/")) == [f"bundled/{n}" for n in bundled]
+    for name in bundled:  # the tooltip the frontend shows says what each one is
         assert f"bundled/{name}: " in spec[1]["tooltip"]
 
 
