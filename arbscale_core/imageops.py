@@ -2,18 +2,23 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 # Outputs larger than this many pixels are streamed to PNG row by row instead of assembled in a
 # uint8 canvas (64 Mpx = 192 MB as uint8; a 500x output of a 64 px image would need 3 GB).
 STREAM_PIXELS = 1 << 26
+# Inputs over this many pixels are refused from the file's header, before decoding: the diffusion
+# runs at the input's size (an 8192x8192 input is already a 2048x2048 latent), and a small file can
+# claim a huge image (a decompression bomb). Below Pillow's own bomb warning (89 Mpx).
+MAX_INPUT_PIXELS = 1 << 26
 
 
 def resize(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -37,11 +42,24 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
         raise ValueError(f"input not found: {path}")
     try:
         with Image.open(path) as im:
+            check_input_pixels(path, *im.size)
             im.load()
-            rgb = im.convert("RGB")
+            # upright, as image viewers show it (EXIF orientation), then RGB
+            rgb = ImageOps.exif_transpose(im).convert("RGB")
+    except Image.DecompressionBombError as exc:  # over twice Pillow's limit: refused in Image.open
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(claimed[1]):,}" if claimed else f"over {2 * Image.MAX_IMAGE_PIXELS:,}"
+        raise ValueError(f"{path}: its header claims {size} pixels, over the input limit of "
+                         f"{MAX_INPUT_PIXELS:,} (a decompression bomb, or downscale it first)") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
     return from_uint8(np.asarray(rgb, dtype=np.uint8))
+
+
+def check_input_pixels(path: str | os.PathLike, width: int, height: int) -> None:
+    if width * height > MAX_INPUT_PIXELS:
+        raise ValueError(f"{path}: {width}x{height} is {width * height:,} pixels, over the input limit of "
+                         f"{MAX_INPUT_PIXELS:,} (downscale it first)")
 
 
 def from_uint8(array: np.ndarray) -> torch.Tensor:

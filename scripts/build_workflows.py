@@ -155,17 +155,17 @@ WORKFLOWS = {
         save(8, [1090, 440], [300, 150], "arbscale_texture_x3", (6, 0)),
     ],
     "arbscale_after_stable_diffusion": [
-        {"id": 1, "type": "CheckpointLoaderSimple", "pos": [0, 0], "size": [320, 98],
+        {"id": 1, "type": "CheckpointLoaderSimple", "pos": [0, 0], "size": [345, 98],
          "widgets": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}},
-        {"id": 4, "type": "EmptyLatentImage", "pos": [0, 165], "size": [320, 106],
+        {"id": 4, "type": "EmptyLatentImage", "pos": [0, 165], "size": [345, 106],
          "widgets": {"width": 512, "height": 512, "batch_size": 1}},
-        note(10, [0, 340], [320, 200],
+        note(10, [0, 340], [345, 200],
              "Any generator's IMAGE can feed ArbScale: here Stable Diffusion 1.5 (put its checkpoint in "
              "models/checkpoints), then x2.5 with the bundled SR model.\n\nThe SR model runs at the "
              "generated image's size; only the decode grows with the scale."),
-        {"id": 2, "type": "CLIPTextEncode", "pos": [350, 0], "size": [360, 150], "title": "Positive",
+        {"id": 2, "type": "CLIPTextEncode", "pos": [370, 0], "size": [340, 150], "title": "Positive",
          "widgets": {"text": "a cosy mountain cabin at dusk, detailed, photograph"}, "inputs": {"clip": (1, 1)}},
-        {"id": 3, "type": "CLIPTextEncode", "pos": [350, 215], "size": [360, 150], "title": "Negative",
+        {"id": 3, "type": "CLIPTextEncode", "pos": [370, 215], "size": [340, 150], "title": "Negative",
          "widgets": {"text": "blurry, low quality"}, "inputs": {"clip": (1, 1)}},
         {"id": 5, "type": "KSampler", "pos": [740, 0], "size": [300, 262],
          "widgets": {"seed": 0, "steps": 20, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0},
