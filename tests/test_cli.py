@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -260,3 +261,40 @@ def test_lr_reading_model_file_upscales_as_the_core(tmp_path, capsys):
         assert np.abs(np.asarray(Image.open(dst), int) - ref.astype(int)).max() <= 1
     rc, out, _ = run_cli(["info", ckpt], capsys)
     assert rc == 0 and "lr_encoder" in out and '"lr_features": 4' in out
+
+
+def _exif_rotated_jpeg(path):
+    from PIL import Image
+    im = Image.fromarray((np.random.default_rng(0).random((20, 40, 3)) * 255).astype("uint8"))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW to view
+    im.save(path, exif=exif)
+    return path
+
+
+def test_exif_orientation_gives_an_upright_output(tmp_path, sr_ckpt, capsys):
+    from PIL import Image
+    src = _exif_rotated_jpeg(tmp_path / "phone.jpg")
+    rc, _, err = run_cli(["upscale", src, "-o", tmp_path / "o.png", "--scale", "2", "--model", sr_ckpt], capsys)
+    assert rc == 0, err
+    assert Image.open(tmp_path / "o.png").size == (40, 80)  # stored 40x20, shown 20x40
+
+
+@pytest.mark.parametrize("case", ["bomb header", "too many pixels"])
+def test_huge_inputs_refused_before_decoding(case, tmp_path, sr_ckpt, capsys):
+    import struct
+    import zlib
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    side = 100000 if case == "bomb header" else 8200
+    path = tmp_path / "big.png"  # a header claiming side x side; the data need not be there
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b""))
+    rc, _, err = run_cli(["upscale", path, "-o", tmp_path / "o.png", "--scale", "2", "--model", sr_ckpt], capsys)
+    assert rc == 2
+    line = err.strip()
+    assert line.startswith("error: ") and "over the input limit of 67,108,864" in line and "\n" not in line
+    assert f"{side * side:,} pixels" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png"]
