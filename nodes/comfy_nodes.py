@@ -35,9 +35,9 @@ MODEL_TOOLTIP = "\n".join([f"{BUNDLED_PREFIX}{name}: {what}" for name, what in B
 
 def resolve_model_path(name: str) -> str:
     if name.startswith(BUNDLED_PREFIX):
-        path = WEIGHTS_DIR / name[len(BUNDLED_PREFIX):]
-        if name[len(BUNDLED_PREFIX):] in BUNDLED_MODELS and path.is_file():
-            return str(path)
+        file_name = name[len(BUNDLED_PREFIX):]
+        if file_name in BUNDLED_MODELS and (WEIGHTS_DIR / file_name).is_file():
+            return str(WEIGHTS_DIR / file_name)
         raise ValueError(f"ArbScale: bundled model {name!r} is not installed")
     path = folder_paths.get_full_path(FOLDER, name)
     if path is None:

@@ -123,9 +123,10 @@ def image_bytes(batch: int, height: int, width: int) -> int:
 def check_image_memory(batch: int, height: int, width: int, free_bytes: int) -> None:
     """Refuse, before any work, an output whose IMAGE (and saving it) would not fit in free RAM.
     The IMAGE lives in RAM whatever the device (bands are decoded there and copied out)."""
-    need = image_bytes(batch, height, width) * IMAGE_RAM_FACTOR
+    image = image_bytes(batch, height, width)
+    need = image * IMAGE_RAM_FACTOR
     if need > free_bytes:
-        image_gb = image_bytes(batch, height, width) / 1e9
+        image_gb = image / 1e9
         raise ValueError(
             f"ArbScale: a {width}x{height} output{f' (batch {batch})' if batch > 1 else ''} needs about "
             f"{need / 1e9:.1f} GB of RAM ({image_gb:.1f} GB for the float32 IMAGE, the rest to save it) but "

@@ -109,8 +109,10 @@ app.registerExtension({
       ctx.font = LABEL_FONT;
       const lines = wrap(ctx, label.text, this.size[0] - 16);
       // a refusal can need more lines than the space kept for one: grow the node to show it all
-      const need = this.computeSize()[1] + (lines.length - 1) * LABEL_LINE;
-      if (this.size[1] < need) this.setSize([this.size[0], need]);
+      if (lines.length > 1) {
+        const need = this.computeSize()[1] + (lines.length - 1) * LABEL_LINE;
+        if (this.size[1] < need) this.setSize([this.size[0], need]);
+      }
       ctx.fillStyle = COLOURS[label.kind];
       ctx.textAlign = "right";
       lines.forEach((line, i) => {
