@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from .diffusion import alphas_cumprod
-from .imageops import resize, resize_matrix
+from .imageops import BandResize, resize, resize_matrix
 from .model import ArbScaleModel
 from .sampler import Callback, sample_ddim
 from .tiling import tiled_eps
@@ -43,14 +44,56 @@ CONSISTENCY_ITERS = 3
 CONSISTENCY_CACHE_PIXELS = 1 << 23
 
 
-def check_scale(scale: float) -> float:
+MAX_SEED = 2 ** 64 - 1  # seeds are unsigned 64-bit, as ComfyUI's seed widget
+
+
+def check_scale(scale: float | str) -> float:
+    """A scale factor > 0; text may carry an "x" ("2x", "x2.5")."""
+    text = scale
+    if isinstance(scale, str):
+        text = re.sub(r"^\s*[xX×]|[xX×]\s*$", "", scale.strip())
     try:
-        value = float(scale)
+        value = float(text)
     except (TypeError, ValueError):
         raise ValueError(f"scale must be a number, got {scale!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"scale must be a finite number > 0, got {scale}")
     return value
+
+
+def check_sampling(model: ArbScaleModel, steps: int | None, eta: float, seed: int) -> tuple[int, float, int]:
+    """(steps, eta, seed) checked for ``model``; steps None: its default. ValueError names the bad one."""
+    limit = model.config.train_timesteps
+    steps = default_steps(model) if steps is None else steps
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= limit:
+        raise ValueError(f"steps must be a whole number from 1 to {limit} (the model's training timesteps), "
+                         f"got {steps!r}")
+    try:
+        eta = float(eta)
+    except (TypeError, ValueError):
+        raise ValueError(f"eta must be a number, got {eta!r}") from None
+    if not 0 <= eta <= 1:  # nan fails too
+        raise ValueError(f"eta must be between 0 (deterministic) and 1 (DDPM-like), got {eta}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be a whole number from 0 to 2**64-1, got {seed!r}")
+    return int(steps), eta, int(seed)
+
+
+def check_image(image: torch.Tensor) -> None:
+    """An image tensor [B,C,H,W] float in 0..1 with C = 1 (grey), 3 (RGB) or 4 (RGBA), finite."""
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[1] not in (1, 3, 4):
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"image must be a tensor [B,C,H,W] with C 1, 3 or 4, got {shape}")
+    if not image.is_floating_point():
+        raise ValueError(f"image must be float in 0..1, got {image.dtype} (divide by 255 first?)")
+    if min(image.shape) == 0:
+        raise ValueError(f"image is empty: {tuple(image.shape)}")
+    lo, hi = image.min().item(), image.max().item()
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError("image has NaN or infinite values")
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise ValueError(f"image must be float in 0..1, got values from {lo:g} to {hi:g}"
+                         + (" (divide by 255 first?)" if hi > 2 else ""))
 
 
 def size_problem(width: int, height: int) -> str | None:
@@ -64,8 +107,13 @@ def size_problem(width: int, height: int) -> str | None:
 
 
 def scaled_side(side: int, scale: float) -> int:
-    """side x scale rounded half up (22.5 -> 23, not Python's banker's 22), at least 1."""
-    return max(1, math.floor(side * scale + 0.5))
+    """side x scale rounded half up (22.5 -> 23, not Python's banker's 22), at least 1. ValueError
+    when that is beyond any output (so 1e308 never reaches an integer conversion)."""
+    value = side * scale + 0.5
+    if not value < MAX_OUTPUT_PIXELS:
+        raise ValueError(f"scale {scale:g} makes a side of {side * scale:.4g} px, over the output limit of "
+                         f"{MAX_OUTPUT_PIXELS:,} pixels")
+    return max(1, math.floor(value))
 
 
 def output_size(lr_height: int, lr_width: int, scale: float | None = None,
@@ -174,9 +222,10 @@ def denoise(model: ArbScaleModel, cond: torch.Tensor | None = None, latent_shape
         if latent_shape is None:
             raise ValueError("a generation model needs a latent shape")
         shape = tuple(latent_shape)
-    if tile < 1:
-        raise ValueError(f"tile must be at least 1 latent cell, got {tile}")
-    steps = default_steps(model) if steps is None else steps
+    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < MIN_TILE:
+        raise ValueError(f"tile must be a whole number of at least {MIN_TILE} latent cells (smaller tiles see "
+                         f"too little of the image), got {tile!r}")
+    steps, eta, seed = check_sampling(model, steps, eta, seed)
     gen = _generator(seed)
     noise = torch.randn(shape, generator=gen).to(device)
     current = {"tile": tile}
@@ -212,19 +261,6 @@ def _empty_cache(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-class _LowRes:
-    """A low-resolution image [B,3,lh,lw] added to the output, resized band by band: a band of
-    rows of resize(img) costs only that band, rows_m[y0:y1] @ img @ cols_mt."""
-
-    def __init__(self, image: torch.Tensor, height: int, width: int, device: torch.device):
-        self.image = image.to(device, torch.float32)
-        self.rows_m = resize_matrix(image.shape[-2], height).to(device)      # [height, lh]
-        self.cols_mt = resize_matrix(image.shape[-1], width).to(device).T    # [lw, width]
-
-    def band(self, y0: int, y1: int) -> torch.Tensor:
-        return self.rows_m[y0:y1] @ self.image @ self.cols_mt
-
-
 def _low_res_terms(model: ArbScaleModel, guide: SRGuide | None) -> list[torch.Tensor]:
     """The low-res images decoding adds to the decoder's output, resized: the anchor (anchored
     models), the LR image itself (LR-reading models, whose decoder gives a residual over it)."""
@@ -246,7 +282,7 @@ def _raw_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width: i
     device = next(model.parameters()).device
     latent = latent.to(device)
     lr = lr.to(device, torch.float32) if lr is not None else None
-    low_res = [_LowRes(a, height, width, device) for a in added]
+    low_res = [BandResize(a, height, width, device) for a in added]
     done = start_row
     while True:
         try:
@@ -335,7 +371,7 @@ def decode_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width:
         correction, kept = lr_correction(model, latent, height, width, guide, chunk, dtype, min_chunk,
                                          progress and (lambda done, _: progress(done, total)))
         if kept is not None:
-            fix = _LowRes(correction, height, width, correction.device)
+            fix = BandResize(correction, height, width, correction.device)
             for y0, y1, band in kept:
                 if y1 > start_row:
                     y0, band = max(y0, start_row), band[:, :, max(0, start_row - y0):]
@@ -424,6 +460,8 @@ def upscale_tensor(model: ArbScaleModel, image: torch.Tensor, height: int, width
     so that brought back to the LR size it gives the input (``lr_correction``). ``ensemble`` (1, 2, 4
     or 8): average that many runs on flipped / transposed copies of the input (geometric
     self-ensemble: higher PSNR for that many times the work; the output is assembled in memory)."""
+    check_chunk(chunk)
+
     def run(k: int, x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
         cond = encode_condition(model, x)
         latent = denoise(model, cond, steps=steps, eta=eta, seed=seed, dtype=dtype, callback=callback, tile=tile)
@@ -434,11 +472,28 @@ def upscale_tensor(model: ArbScaleModel, image: torch.Tensor, height: int, width
 
 def upscale(model: ArbScaleModel, image: torch.Tensor, scale: float | None = None,
             size: tuple[int, int] | None = None, **kwargs) -> torch.Tensor:
-    """Upscale by ``scale`` (any positive float) or to ``size`` = (width, height)."""
+    """Upscale image [B,C,h,w] in 0..1 by ``scale`` (any positive float) or to ``size`` = (width,
+    height): [B,C,height,width] in 0..1. C = 3 (RGB), 1 (grey: upscaled as RGB, returned grey) or
+    4 (RGBA: the colour through the model, alpha resized with antialiased bicubic).
+    kwargs: those of ``upscale_tensor``. ValueError names any bad argument."""
     if model.config.task != "sr":
         raise ValueError("this model is a generation model; upscaling needs an SR model")
+    check_image(image)
     height, width = output_size(*image.shape[-2:], scale=scale, size=size)
-    return upscale_tensor(model, image, height, width, **kwargs)
+    channels = image.shape[1]
+    rgb = image[:, :1].expand(-1, 3, -1, -1) if channels == 1 else image[:, :3]
+    out = upscale_tensor(model, rgb.clamp(0, 1), height, width, **kwargs)
+    if channels == 1:
+        return out.mean(1, keepdim=True)
+    if channels == 4:
+        return torch.cat([out, resize_alpha(image[:, 3:], height, width).to(out.device)], dim=1)
+    return out
+
+
+def resize_alpha(alpha: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Alpha [B,1,h,w] in 0..1 -> [B,1,height,width] (antialiased bicubic, clamped): the model is
+    trained on colour, so transparency follows the image by plain resizing."""
+    return resize(alpha.float(), height, width).clamp(0, 1)
 
 
 def generation_latent_size(model: ArbScaleModel, height: int, width: int, max_side: int = 32) -> tuple[int, int]:
@@ -457,8 +512,17 @@ def generate(model: ArbScaleModel, size: tuple[int, int], n: int = 1, seed: int 
     """Noise -> DDIM -> decode at size = (width, height): [n,3,height,width] in 0..1."""
     if model.config.task != "gen":
         raise ValueError("this model is an SR model; generation needs a generation model")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a whole number >= 1, got {n!r}")
+    check_chunk(chunk)
     height, width = output_size(1, 1, size=size)
     lh, lw = latent_size or generation_latent_size(model, height, width)
     latent = denoise(model, latent_shape=(n, model.config.latent_channels, lh, lw), steps=steps, eta=eta,
                      seed=seed, dtype=dtype, callback=callback)
     return decode(model, latent, height, width, chunk, dtype)
+
+
+def check_chunk(chunk: int) -> int:
+    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+        raise ValueError(f"chunk must be a whole number of pixels >= 1, got {chunk!r}")
+    return int(chunk)

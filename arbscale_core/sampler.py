@@ -26,8 +26,8 @@ def sample_ddim(model: ModelFn, noise: torch.Tensor, abar: torch.Tensor, steps: 
     and moved to the noise's, so a CPU generator's seed gives the same result on every device).
     ``callback(step, total, x0_pred)`` runs after each step (raise to cancel).
     Returns the final latent [B,C,h,w] (float32)."""
-    if not (eta >= 0.0) or eta != eta or eta == float("inf"):
-        raise ValueError(f"eta must be a finite number >= 0, got {eta}")
+    if not 0.0 <= eta <= 1.0:  # nan fails too; above 1 the noise outgrows the DDPM posterior
+        raise ValueError(f"eta must be between 0 (deterministic) and 1 (DDPM-like), got {eta}")
     ts = ddim_timesteps(steps, len(abar))
     abar = abar.to(noise.device)
     x = noise.float()
