@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -28,9 +30,23 @@ BUNDLED_MODELS = {
 class UserError(Exception):
     """A problem with what the user asked for; shown as one line, no traceback."""
 
+    exit_code = 2
+
+
+class BatchError(UserError):
+    """Some inputs of a batch failed (each said as it happened); the others were written."""
+
+    exit_code = 1
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so every atomic write removes its temporary file."""
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line instead of usage + message
+        if message.endswith("expected one argument"):
+            message += " (a value starting with '-' needs the form --option=VALUE)"
         raise UserError(f"{self.prog}: {message}")
 
 
@@ -60,18 +76,32 @@ def _positive_int(name: str, value: int) -> int:
 
 
 def check_sampling(args) -> None:
-    """--steps, --eta and --chunk, shared by every command that samples."""
+    """--steps, --eta, --seed and --chunk, shared by every command that samples (the model's own
+    limits, such as its timesteps, are checked once it is loaded: ``sampling``)."""
     if args.steps is not None:
         _positive_int("--steps", args.steps)
     _positive_int("--chunk", args.chunk)
-    if not math.isfinite(args.eta) or args.eta < 0:
-        raise UserError(f"--eta must be a finite number >= 0, got {args.eta}")
+    if not 0 <= args.eta <= 1:
+        raise UserError(f"--eta must be between 0 (deterministic) and 1 (DDPM-like), got {args.eta}")
+    if args.seed == -1:  # a fresh random seed, said so the result can be made again
+        import secrets
+
+        args.seed = secrets.randbits(64)
+        print(f"seed: {args.seed}", file=sys.stderr)
+    from .pipeline import MAX_SEED
+
+    if not 0 <= args.seed <= MAX_SEED:
+        raise UserError(f"--seed must be from 0 to 2**64-1 (or -1 for a random one), got {args.seed}")
 
 
-def _steps(args, model) -> int:
-    from .pipeline import default_steps
+def sampling(args, model) -> None:
+    """Fill in the model's default steps and check steps, eta and seed against the model."""
+    from .pipeline import check_sampling as check
 
-    return default_steps(model) if args.steps is None else args.steps
+    try:
+        args.steps, args.eta, args.seed = check(model, args.steps, args.eta, args.seed)
+    except ValueError as exc:
+        raise UserError(f"--{exc}") from None
 
 
 def resolve_model_path(arg: str | None, task: str) -> Path:
@@ -133,9 +163,26 @@ def check_writable(targets: list[Path]) -> None:
             raise UserError(f"cannot write to {folder}: {exc.strerror or exc}") from None
 
 
-def plan_outputs(inputs: list[Path], out: str, tag: str) -> list[Path]:
+def check_existing(targets: list[Path], args) -> None:
+    """The overwrite policy: an existing output is an error unless --overwrite (replace it) or
+    --skip-existing (keep it, skip its input) says what to do."""
+    if args.overwrite and args.skip_existing:
+        raise UserError("give at most one of --overwrite and --skip-existing")
+    existing = [t for t in targets if t.exists()]
+    if existing and not (args.overwrite or args.skip_existing):
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise UserError(f"output {existing[0]}{more} already exists: pass --overwrite to replace, or "
+                        f"--skip-existing to keep it")
+    for t in existing:
+        if t.is_dir():
+            raise UserError(f"output {t} is a folder")
+
+
+def plan_outputs(inputs: list[Path], out: str, tag: str, suffix: str = ".png") -> list[Path]:
     """One output path per input: OUT itself for a single input that is not a folder, otherwise
-    OUT/<stem>_<tag>.png. The folder must exist; an output may never overwrite an input."""
+    OUT/<stem>_<tag><suffix>. The folder must exist; an output may never overwrite an input."""
+    from .imageops import CONTAINERS
+
     out_path = Path(out)
     if len(inputs) == 1 and not out_path.is_dir():
         if not out_path.parent.is_dir():
@@ -144,13 +191,15 @@ def plan_outputs(inputs: list[Path], out: str, tag: str) -> list[Path]:
     else:
         if not out_path.is_dir():
             raise UserError(f"output folder does not exist: {out_path} (several inputs need an existing folder)")
-        targets = [out_path / f"{p.stem}_{tag}.png" for p in inputs]
+        targets = [out_path / f"{p.stem}_{tag}{suffix}" for p in inputs]
+        if len(set(targets)) < len(targets):
+            raise UserError(f"two inputs share a name and would write the same output in {out_path}")
     resolved = {p.resolve() for p in inputs}
     for t in targets:
         if t.resolve() in resolved:
             raise UserError(f"output {t} would overwrite an input")
-        if t.suffix.lower() not in IMAGE_SUFFIXES:
-            raise UserError(f"output {t} needs an image suffix such as .png")
+        if t.suffix.lower() not in CONTAINERS:
+            raise UserError(f"output {t} needs an image suffix: {', '.join(sorted(CONTAINERS))}")
     check_writable(targets)
     return targets
 
@@ -163,77 +212,149 @@ def _progress_bar(total: int, desc: str):
                 disable=None)
 
 
-def cmd_upscale(args) -> int:
-    from .imageops import load_image
-    from .pipeline import denoise, encode_condition, output_size, sr_guide
+def _note(text: str) -> None:
+    print(f"note: {text}", file=sys.stderr)
 
+
+def cmd_upscale(args) -> int:
     if (args.scale is None) == (args.size is None):
         raise UserError("give exactly one of --scale or --size")
     scale = parse_scale(args.scale) if args.scale is not None else None
     size = parse_size(args.size) if args.size is not None else None
     check_sampling(args)
+    check_output_options(args)
     _positive_int("--tile", args.tile)
+    from .pipeline import MIN_TILE
+
+    if args.tile < MIN_TILE:
+        raise UserError(f"--tile must be at least {MIN_TILE} (smaller tiles see too little of the image), "
+                        f"got {args.tile}")
     inputs = collect_inputs(args.inputs)
     tag = f"x{scale:g}" if scale is not None else f"{size[0]}x{size[1]}"
-    targets = plan_outputs(inputs, args.output, tag)
-    images = []
-    for p in inputs:  # read every input before writing anything
-        try:
-            images.append(load_image(p))
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-    sizes = []
-    for p, img in zip(inputs, images):
-        try:
-            sizes.append(output_size(*img.shape[-2:], scale=scale, size=size))
-        except ValueError as exc:
-            raise UserError(f"{p}: {exc}") from None
-    if args.ensemble > 1:
-        from .imageops import STREAM_PIXELS
-
-        for p, (h, w) in zip(inputs, sizes):
-            if h * w > STREAM_PIXELS:
-                raise UserError(f"{p}: --ensemble needs the output in memory; {w}x{h} is over "
-                                f"{STREAM_PIXELS} pixels (use --ensemble 1)")
+    targets = plan_outputs(inputs, args.output, tag, args.suffix)
+    check_existing(targets, args)
     model, _, dtype = load(args.model, "sr", args.device, args.dtype)
-    args.steps = _steps(args, model)
-    for p, img, (h, w), target in zip(inputs, images, sizes, targets):
-        if args.ensemble > 1:
-            _upscale_ensemble_to_file(model, img, h, w, target, args, dtype, p.name)
-            print(f"{p} -> {target} ({w}x{h})")
+    sampling(args, model)
+    failed = []
+    for p, target in zip(inputs, targets):
+        if args.skip_existing and target.exists():
+            print(f"{p}: {target} exists, skipped", file=sys.stderr)
             continue
-        bar = _progress_bar(args.steps, f"{p.name}: denoise")
-        cond = encode_condition(model, img)
-        latent = denoise(model, cond, steps=args.steps, eta=args.eta, seed=args.seed,
-                         dtype=dtype, callback=lambda i, n, x0: bar.update(1), tile=args.tile)
-        bar.close()
-        _decode_to_file(model, latent, h, w, target, args.chunk, dtype, f"{p.name}: decode {w}x{h}",
-                        guide=sr_guide(model, img, cond, consistency=args.consistency))
+        try:
+            h, w = _upscale_one(model, p, target, scale, size, args, dtype)
+        except ValueError as exc:  # this input (unreadable, too large...): the batch goes on
+            if len(inputs) == 1:
+                raise UserError(str(exc)) from None
+            print(f"error: {exc}", file=sys.stderr)
+            failed.append(p)
+            continue
         print(f"{p} -> {target} ({w}x{h})")
+    if failed:
+        names = ", ".join(str(p) for p in failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+        raise BatchError(f"{len(failed)} of {len(inputs)} inputs failed (the others were written): {names}")
     return 0
 
 
-def _upscale_ensemble_to_file(model, img, h: int, w: int, target: Path, args, dtype, name: str) -> None:
-    from .imageops import save_image, to_uint8
-    from .pipeline import upscale_tensor
+def check_output_options(args) -> None:
+    if not 1 <= args.quality <= 100:
+        raise UserError(f"--quality must be from 1 to 100, got {args.quality}")
+    args.suffix = "." + args.format.lower().lstrip(".") if getattr(args, "format", None) else ".png"
+
+
+def _upscale_one(model, path: Path, target: Path, scale, size, args, dtype) -> tuple[int, int]:
+    """Upscale one input file into ``target``; ValueError for a problem with this input."""
+    from .imageops import BandResize, STREAM_PIXELS, output_format, read_image
+    from .pipeline import denoise, encode_condition, output_size, sr_guide
+
+    src = read_image(path)
+    try:
+        h, w = output_size(*src.rgb.shape[-2:], scale=scale, size=size)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    fmt, notes = output_format(src.format, target, w, h)
+    check_output_room(target, h, w, fmt, in_memory=args.ensemble > 1)
+    for text in (*src.notes, *notes):
+        _note(f"{path.name}: {text}")
+    if args.ensemble > 1:
+        if h * w > STREAM_PIXELS:
+            raise ValueError(f"{path}: --ensemble needs the output in memory; {w}x{h} is over "
+                             f"{STREAM_PIXELS} pixels (use --ensemble 1)")
+        _upscale_ensemble_to_file(model, src, h, w, target, fmt, args, dtype, path.name)
+        return h, w
+    bar = _progress_bar(args.steps, f"{path.name}: denoise")
+    cond = encode_condition(model, src.rgb)
+    latent = denoise(model, cond, steps=args.steps, eta=args.eta, seed=args.seed,
+                     dtype=dtype, callback=lambda i, n, x0: bar.update(1), tile=args.tile)
+    bar.close()
+    alpha = BandResize(src.alpha, h, w) if fmt.alpha else None
+    _decode_to_file(model, latent, h, w, target, fmt, args, dtype, f"{path.name}: decode {w}x{h}",
+                    guide=sr_guide(model, src.rgb, cond, consistency=args.consistency), alpha=alpha)
+    return h, w
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _streams(target: Path, h: int, w: int, fmt) -> bool:
+    """Whether this output is written band by band (PNG: large or 16-bit) instead of from a canvas."""
+    from .imageops import STREAM_PIXELS
+
+    return target.suffix.lower() == ".png" and (h * w > STREAM_PIXELS or fmt.bits == 16)
+
+
+def check_output_room(target: Path, h: int, w: int, fmt, in_memory: bool = False) -> None:
+    """Refuse up front an output whose canvas would not fit in the memory available, or whose
+    known (uncompressed) file size would not fit on its disk. ValueError with the figures."""
+    import shutil
+
+    if in_memory or not _streams(target, h, w, fmt):
+        # the canvas plus the encoder's copy of it (Pillow); the ensemble holds float32 outputs
+        need = h * w * (3 * 4 * 3 if in_memory else fmt.channels * fmt.bits // 8 * 2)
+        free = _available_memory()
+        if need > free:
+            raise ValueError(f"output {w}x{h} {target.suffix} needs about {need / 1e9:.1f} GB of memory, "
+                             f"{free / 1e9:.1f} GB available: write a .png (streamed band by band) or a smaller size")
+    if target.suffix.lower() in (".bmp", ".tif", ".tiff"):  # uncompressed: the file size is known
+        need = h * (w * (fmt.channels + (fmt.mode == "LA")) + 3) + 1024
+        free = shutil.disk_usage(target.parent).free
+        if need > free:
+            raise ValueError(f"output {target} needs {need / 1e6:.1f} MB on disk, {target.parent} has "
+                             f"{free / 1e6:.1f} MB free")
+
+
+def _upscale_ensemble_to_file(model, src, h: int, w: int, target: Path, fmt, args, dtype, name: str) -> None:
+    from .imageops import pixels_from_rgb, save_image
+    from .pipeline import resize_alpha, upscale_tensor
 
     bar = _progress_bar(args.steps * args.ensemble, f"{name}: denoise x{args.ensemble}")
-    out = upscale_tensor(model, img, h, w, steps=args.steps, eta=args.eta, seed=args.seed, chunk=args.chunk,
+    out = upscale_tensor(model, src.rgb, h, w, steps=args.steps, eta=args.eta, seed=args.seed, chunk=args.chunk,
                          dtype=dtype, callback=lambda i, n, x0: bar.update(1), consistency=args.consistency,
                          ensemble=args.ensemble, tile=args.tile)
     bar.close()
+    alpha = resize_alpha(src.alpha, h, w) if fmt.alpha else None
     try:
-        save_image(to_uint8(out * 2 - 1)[0], target)
+        save_image(pixels_from_rgb(out, alpha, fmt)[0], target, fmt, args.quality)
     except OSError as exc:
         raise UserError(f"cannot write {target}: {exc.strerror or exc}") from None
 
 
-def _decode_to_file(model, latent, h: int, w: int, target: Path, chunk: int, dtype, desc: str,
-                    guide=None) -> None:
-    """Decode one latent [1,C,h,w] into ``target``: large PNGs stream row by row (memory: one band),
-    everything else goes through a uint8 canvas."""
-    from .imageops import STREAM_PIXELS, save_image, save_png_rows
-    from .pipeline import decode_uint8, decode_uint8_bands
+def _decode_to_file(model, latent, h: int, w: int, target: Path, fmt, args, dtype, desc: str,
+                    guide=None, alpha=None) -> None:
+    """Decode one latent [1,C,h,w] into ``target`` in ``fmt``: PNGs that are large or 16-bit
+    stream band by band (memory: one band); everything else goes through a canvas. ``alpha``: a
+    BandResize of the input's alpha, or None."""
+    import numpy as np
+
+    from .imageops import pixels_from_rgb, save_image, save_png_rows
+    from .pipeline import decode_bands
 
     bar = _progress_bar(h, desc)
     bar.unit = "row"
@@ -241,43 +362,67 @@ def _decode_to_file(model, latent, h: int, w: int, target: Path, chunk: int, dty
     def progress(done, total):
         bar.update(done - bar.n)
 
+    def pixel_bands():
+        for y0, y1, band in decode_bands(model, latent, h, w, args.chunk, dtype, guide=guide, progress=progress):
+            yield y0, y1, pixels_from_rgb(band, alpha.band(y0, y1) if alpha is not None else None, fmt)[0]
+
     try:
-        if target.suffix.lower() == ".png" and h * w > STREAM_PIXELS:
-            bands = decode_uint8_bands(model, latent, h, w, chunk, dtype, progress, guide)
-            save_png_rows(target, h, w, (band[0] for _, _, band in bands))
+        if _streams(target, h, w, fmt):
+            save_png_rows(target, h, w, (band for _, _, band in pixel_bands()), fmt)
         else:
-            save_image(decode_uint8(model, latent, h, w, chunk, dtype, progress, guide)[0], target)
+            save_image(_canvas(pixel_bands(), h, w, fmt), target, fmt, args.quality)
     except OSError as exc:
         raise UserError(f"cannot write {target}: {exc.strerror or exc}") from None
     finally:
         bar.close()
 
 
+def _canvas(bands, h: int, w: int, fmt):
+    """The whole image [h,w,C] assembled from (y0, y1, pixels) bands."""
+    import numpy as np
+
+    canvas = np.empty((h, w, fmt.channels), dtype=np.uint16 if fmt.bits == 16 else np.uint8)
+    for y0, y1, band in bands:
+        canvas[y0:y1] = band
+    return canvas
+
+
 def cmd_generate(args) -> int:
-    from .pipeline import denoise, generation_latent_size
+    from .imageops import PixelFormat, output_format
+    from .pipeline import denoise, generation_latent_size, size_problem
 
     w, h = parse_size(args.size)
+    if size_problem(w, h):
+        raise UserError(size_problem(w, h))
     n = _positive_int("-n", args.n)
     check_sampling(args)
+    check_output_options(args)
     out = Path(args.output)
     if out.is_dir():
-        targets = [out / f"generated_s{args.seed}_{i}.png" for i in range(n)]
+        targets = [out / f"generated_s{args.seed}_{i}{args.suffix}" for i in range(n)]
     else:
         if not out.parent.is_dir():
             raise UserError(f"output folder does not exist: {out.parent}")
-        if out.suffix.lower() not in IMAGE_SUFFIXES:
-            raise UserError(f"output {out} needs an image suffix such as .png")
         targets = [out] if n == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(n)]
+    try:
+        fmt, _ = output_format(PixelFormat(), targets[0], w, h)
+        check_output_room(targets[0], h, w, fmt)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    check_existing(targets, args)
     check_writable(targets)
     model, _, dtype = load(args.model, "gen", args.device, args.dtype)
-    args.steps = _steps(args, model)
+    sampling(args, model)
     lh, lw = generation_latent_size(model, h, w)
     bar = _progress_bar(args.steps, "denoise")
     latent = denoise(model, latent_shape=(n, model.config.latent_channels, lh, lw), steps=args.steps,
                      eta=args.eta, seed=args.seed, dtype=dtype, callback=lambda i, t, x0: bar.update(1))
     bar.close()
     for i, target in enumerate(targets):
-        _decode_to_file(model, latent[i:i + 1], h, w, target, args.chunk, dtype, f"decode {w}x{h}")
+        if args.skip_existing and target.exists():
+            print(f"{target} exists, skipped", file=sys.stderr)
+            continue
+        _decode_to_file(model, latent[i:i + 1], h, w, target, fmt, args, dtype, f"decode {w}x{h}")
         print(f"-> {target} ({w}x{h})")
     return 0
 
@@ -339,7 +484,7 @@ def cmd_eval(args) -> int:
         raise UserError(f"no images in {hr_dir}")
     out = _report_dir(args.output)
     model, _, _ = load(args.model, "sr", args.device)
-    args.steps = _steps(args, model)
+    sampling(args, model)
     opts = eval_sr.SREvalOptions(scales=tuple(scales), steps=args.steps, eta=args.eta, seeds=args.seeds,
                                  max_side=args.max_side, limit=args.limit, consistency=args.consistency,
                                  ensemble=args.ensemble)
@@ -396,7 +541,7 @@ def cmd_eval_gen(args) -> int:
     check_sampling(args)
     out = _report_dir(args.output)
     model, _, _ = load(args.model, "gen", args.device)
-    args.steps = _steps(args, model)
+    sampling(args, model)
     from tqdm import tqdm
 
     with tqdm(total=args.samples, desc="eval-gen", file=sys.stderr, disable=None) as bar:
@@ -435,11 +580,21 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp, task):
         sp.add_argument("--steps", type=int, help=f"DDIM steps (default {_default_steps_text()})")
         sp.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like")
-        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--seed", type=int, default=0, help="0 to 2**64-1; -1: a random one (printed)")
         sp.add_argument("--chunk", type=int, default=65536, help="pixels decoded at a time (memory)")
         sp.add_argument("--model", help=f"model file (default: bundled {DEFAULT_MODELS[task].name})")
         sp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
         sp.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (autocast)")
+
+    def output_options(sp):
+        sp.add_argument("--overwrite", action="store_true", help="replace outputs that already exist "
+                        "(by default an existing output is an error)")
+        sp.add_argument("--skip-existing", action="store_true", help="keep outputs that already exist and skip "
+                        "their inputs (re-running an interrupted batch)")
+        sp.add_argument("--quality", type=int, default=95, help="JPEG and WebP quality 1-100 (default 95; WebP "
+                        "at 100: lossless); PNG is always lossless")
+        sp.add_argument("--format", choices=("png", "jpg", "webp", "bmp", "tif"),
+                        help="file type of outputs named in a folder (default png); a file OUT names its own")
 
     def consistency_flag(sp):
         sp.add_argument("--no-consistency", dest="consistency", action="store_false",
@@ -459,6 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "in overlapping tiles, bounding memory (default 256)")
     common(up, "sr")
     consistency_flag(up)
+    output_options(up)
     up.set_defaults(func=cmd_upscale)
 
     gen = sub.add_parser("generate", help="generate images at any size")
@@ -466,6 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--size", required=True, help="output size WIDTHxHEIGHT")
     gen.add_argument("-n", type=int, default=1, help="number of images")
     common(gen, "gen")
+    output_options(gen)
     gen.set_defaults(func=cmd_generate)
 
     ev = sub.add_parser("eval", help="SR metrics on a folder of HR images, with baselines, plots and a grid")
@@ -492,7 +649,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
         args = build_parser().parse_args(argv)
@@ -500,10 +676,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
+        return exc.exit_code
+    except KeyboardInterrupt:  # outputs being written are removed (atomic writes); finished ones stay
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("error: terminated", file=sys.stderr)
+        return 143
     except BrokenPipeError:  # e.g. `arbscale info M | head`
         sys.stderr.close()
         return 0

@@ -15,9 +15,10 @@ import torch
 
 from arbscale_core.checkpoint import CheckpointError, load_model
 from arbscale_core.model import ArbScaleModel
-from arbscale_core.pipeline import (SRGuide, check_ensemble, check_scale, decode_bands,
-                                    default_steps, denoise, encode_condition, ensemble_average,
-                                    generation_latent_size, scaled_side, size_problem, sr_guide)
+from arbscale_core.imageops import BandResize
+from arbscale_core.pipeline import (SRGuide, check_ensemble, check_image, check_sampling, check_scale,
+                                    decode_bands, default_steps, denoise, encode_condition, ensemble_average,
+                                    generation_latent_size, resize_alpha, scaled_side, size_problem, sr_guide)
 
 MAX_SIDE = 65536  # width/height widgets allow at most this; the output limit is its pixel count
 # RAM an output needs, in IMAGEs: the IMAGE itself, plus what SaveImage / PreviewImage take to write
@@ -49,6 +50,7 @@ class ArbLatent:
     latent: torch.Tensor | None = None
     latent_shape: tuple[int, ...] | None = None
     info: dict = field(default_factory=dict)
+    alpha: torch.Tensor | None = None  # an RGBA input's alpha [B,1,h,w]: decoding resizes it along
 
 
 def load(path: str | Path, device: torch.device) -> ArbScaleModel:
@@ -59,9 +61,23 @@ def load(path: str | Path, device: torch.device) -> ArbScaleModel:
 
 
 def image_to_bchw(image: torch.Tensor) -> torch.Tensor:
-    if image.ndim != 4 or image.shape[-1] not in (3, 4):
-        raise ValueError(f"ArbScale: expected an IMAGE [B,H,W,C], got shape {tuple(image.shape)}")
-    return image[..., :3].permute(0, 3, 1, 2).float()
+    """IMAGE [B,H,W,C] (C 1, 3 or 4) -> [B,C,H,W] float, checked (0..1, finite)."""
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"ArbScale: expected an IMAGE [B,H,W,C] with C 1, 3 or 4, got {shape}")
+    x = image.permute(0, 3, 1, 2)
+    try:
+        check_image(x)
+    except ValueError as exc:
+        raise ValueError(f"ArbScale: {exc}") from None
+    return x.float()
+
+
+def split_alpha(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[B,C,H,W] -> (RGB [B,3,H,W], alpha [B,1,H,W] or None); grey is replicated."""
+    if x.shape[1] == 1:
+        return x.expand(-1, 3, -1, -1), None
+    return x[:, :3], (x[:, 3:] if x.shape[1] == 4 else None)
 
 
 def bchw_to_image(x: torch.Tensor) -> torch.Tensor:
@@ -71,11 +87,11 @@ def bchw_to_image(x: torch.Tensor) -> torch.Tensor:
 def encode_lr(model: ArbScaleModel, image: torch.Tensor) -> ArbLatent:
     if model.config.task != "sr":
         raise ValueError("ArbScale: Encode LR needs an SR model; this one is a generation model")
-    x = image_to_bchw(image)
+    x, alpha = split_alpha(image_to_bchw(image))
     with torch.no_grad():
         cond = encode_condition(model, x)
     return ArbLatent(model=model, source_hw=tuple(x.shape[-2:]), cond=cond,
-                     guide=sr_guide(model, x, cond))
+                     guide=sr_guide(model, x, cond), alpha=alpha)
 
 
 def empty_latent(model: ArbScaleModel, width: int, height: int, batch: int) -> ArbLatent:
@@ -94,9 +110,10 @@ def run_denoise(src: ArbLatent, steps: int, eta: float, seed: int, hooks: Hooks 
     hooks = hooks or Hooks()
     if steps < 0:
         raise ValueError(f"ArbScale: steps must be at least 1 (or 0 for the model's default), got {steps}")
-    steps = steps or default_steps(src.model)
-    if not math.isfinite(eta) or eta < 0:
-        raise ValueError(f"ArbScale: eta must be a finite number >= 0, got {eta}")
+    try:
+        steps, eta, seed = check_sampling(src.model, steps or None, eta, seed)
+    except ValueError as exc:
+        raise ValueError(f"ArbScale: {exc}") from None
 
     def callback(i: int, n: int, x0: torch.Tensor) -> None:
         hooks.progress(i, n)
@@ -106,7 +123,8 @@ def run_denoise(src: ArbLatent, steps: int, eta: float, seed: int, hooks: Hooks 
     latent = denoise(src.model, src.cond, src.latent_shape, steps=steps, eta=eta, seed=seed, dtype=dtype,
                      callback=callback)
     return ArbLatent(model=src.model, source_hw=src.source_hw, cond=src.cond, guide=src.guide, latent=latent,
-                     latent_shape=tuple(latent.shape), info={"steps": steps, "eta": eta, "seed": seed})
+                     latent_shape=tuple(latent.shape), info={"steps": steps, "eta": eta, "seed": seed},
+                     alpha=src.alpha)
 
 
 def check_size(width: int, height: int) -> None:
@@ -148,9 +166,9 @@ def target_size(source_hw: tuple[int, int], scale: float, width: int = 0, height
     else:
         try:
             scale = check_scale(scale)
+            h, w = scaled_side(sh, scale), scaled_side(sw, scale)
         except ValueError as exc:
             raise ValueError(f"ArbScale: {exc}") from None
-        h, w = scaled_side(sh, scale), scaled_side(sw, scale)
     check_size(w, h)
     return h, w
 
@@ -173,10 +191,13 @@ def run_decode(src: ArbLatent, height: int, width: int, chunk: int, hooks: Hooks
         hooks.progress(done, total)
         hooks.check_interrupt()
 
-    out = torch.empty((src.latent.shape[0], height, width, 3), dtype=torch.float32)
+    alpha = BandResize(src.alpha, height, width) if src.alpha is not None else None
+    out = torch.empty((src.latent.shape[0], height, width, 3 + (alpha is not None)), dtype=torch.float32)
     hooks.check_interrupt()
     for y0, y1, band in decode_bands(src.model, src.latent, height, width, chunk, dtype, min_chunk=min_chunk,
                                      guide=guide, progress=progress):
+        if alpha is not None:
+            band = torch.cat([band.float().cpu(), alpha.band(y0, y1).clamp(0, 1)], dim=1)
         out[:, y0:y1] = bchw_to_image(band.float()).cpu()
     return out
 
@@ -184,9 +205,10 @@ def run_decode(src: ArbLatent, height: int, width: int, chunk: int, hooks: Hooks
 def run_upscale(model: ArbScaleModel, image: torch.Tensor, height: int, width: int, steps: int, eta: float,
                 seed: int, chunk: int, hooks: Hooks | None = None, dtype: torch.dtype | None = None,
                 consistency: bool = True, ensemble: int = 1) -> torch.Tensor:
-    """IMAGE [B,h,w,C] -> IMAGE [B,height,width,3]: encode, denoise, decode, for each of ``ensemble``
-    flipped/transposed copies (geometric self-ensemble), averaged. hooks.progress runs over all of
-    it (each member: its steps, then its decoded rows, weighted as ``height`` rows)."""
+    """IMAGE [B,h,w,C] -> IMAGE [B,height,width,C]: encode, denoise, decode, for each of ``ensemble``
+    flipped/transposed copies (geometric self-ensemble), averaged. C 4: alpha resized along; C 1:
+    returned grey. hooks.progress runs over all of it (each member: its steps, then its decoded
+    rows, weighted as ``height`` rows)."""
     hooks = hooks or Hooks()
     try:
         check_ensemble(ensemble)
@@ -204,4 +226,11 @@ def run_upscale(model: ArbScaleModel, image: torch.Tensor, height: int, width: i
             check_interrupt=hooks.check_interrupt), dtype, consistency=consistency)
         return out.permute(0, 3, 1, 2)
 
-    return bchw_to_image(ensemble_average(run, image_to_bchw(image), height, width, ensemble))
+    x = image_to_bchw(image)
+    rgb, alpha = split_alpha(x)
+    out = ensemble_average(run, rgb, height, width, ensemble)
+    if x.shape[1] == 1:
+        out = out.mean(1, keepdim=True)
+    elif alpha is not None:
+        out = torch.cat([out, resize_alpha(alpha, height, width)], dim=1)
+    return bchw_to_image(out)

@@ -192,8 +192,8 @@ def test_large_png_streams_row_by_row_same_pixels(command, tmp_path, sr_ckpt, ge
     the ones the canvas path writes, and no full-size array may be allocated."""
     import numpy as np
 
+    import arbscale_core.cli as cli
     import arbscale_core.imageops as imageops
-    import arbscale_core.pipeline as pipeline
 
     if command == "upscale":
         src = write_png(tmp_path / "in.png", 13, 9)
@@ -209,7 +209,7 @@ def test_large_png_streams_row_by_row_same_pixels(command, tmp_path, sr_ckpt, ge
     def no_canvas(*args, **kwargs):
         raise AssertionError("the streaming path must not build a canvas")
 
-    monkeypatch.setattr(pipeline, "decode_uint8", no_canvas)
+    monkeypatch.setattr(cli, "_canvas", no_canvas)
     rc, _, err = run_cli(argv + ["-o", tmp_path / "streamed.png"], capsys)
     assert rc == 0, err
     a = np.asarray(Image.open(tmp_path / "canvas.png"))
