@@ -12,6 +12,8 @@ from pathlib import Path
 
 from .imageops import IMAGE_SUFFIXES
 
+MODE_CHOICES = ("fidelity", "detail")  # pipeline.MODES, without importing torch to build the parser
+
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_MODELS = {"sr": WEIGHTS_DIR / "arbscale_sr_tiny.safetensors",
                   "gen": WEIGHTS_DIR / "arbscale_gen_tiny.safetensors"}
@@ -81,7 +83,7 @@ def check_sampling(args) -> None:
     if args.steps is not None:
         _positive_int("--steps", args.steps)
     _positive_int("--chunk", args.chunk)
-    if not 0 <= args.eta <= 1:
+    if args.eta is not None and not 0 <= args.eta <= 1:
         raise UserError(f"--eta must be between 0 (deterministic) and 1 (DDPM-like), got {args.eta}")
     if args.seed == -1:  # a fresh random seed, said so the result can be made again
         import secrets
@@ -94,10 +96,15 @@ def check_sampling(args) -> None:
         raise UserError(f"--seed must be from 0 to 2**64-1 (or -1 for a random one), got {args.seed}")
 
 
-def sampling(args, model) -> None:
-    """Fill in the model's default steps and check steps, eta and seed against the model."""
-    from .pipeline import check_sampling as check
+def sampling(args, model, mode: str | None = None) -> None:
+    """Fill in steps and eta (SR: those of ``mode``, default --mode; else the model's default steps,
+    eta 0) where not given, and check steps, eta and seed against the model."""
+    from .pipeline import DEFAULT_ETA, check_sampling as check, mode_sampling
 
+    if model.config.task == "sr":
+        args.steps, args.eta = mode_sampling(model, mode or getattr(args, "mode", "fidelity"), args.steps, args.eta)
+    elif args.eta is None:
+        args.eta = DEFAULT_ETA
     try:
         args.steps, args.eta, args.seed = check(model, args.steps, args.eta, args.seed)
     except ValueError as exc:
@@ -482,34 +489,58 @@ def cmd_eval(args) -> int:
     paths = list_images(hr_dir)
     if not paths:
         raise UserError(f"no images in {hr_dir}")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODE_CHOICES]
+    if not modes or bad or len(set(modes)) != len(modes):
+        raise UserError(f"--modes takes a comma-separated list of {', '.join(MODE_CHOICES)}, got {args.modes!r}")
+    regression = baseline_meta = None
+    if args.baseline:
+        from .regression import load_baseline
+
+        try:
+            regression, baseline_meta = load_baseline(args.baseline)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     out = _report_dir(args.output)
     model, _, _ = load(args.model, "sr", args.device)
-    sampling(args, model)
-    opts = eval_sr.SREvalOptions(scales=tuple(scales), steps=args.steps, eta=args.eta, seeds=args.seeds,
-                                 max_side=args.max_side, limit=args.limit, consistency=args.consistency,
-                                 ensemble=args.ensemble)
+    mode_settings = {}
+    for mode in modes:  # checks --steps / --eta against the model, as each mode resolves them
+        per_mode = argparse.Namespace(steps=args.steps, eta=args.eta, seed=args.seed, mode=mode)
+        sampling(per_mode, model)
+        mode_settings[mode] = (per_mode.steps, per_mode.eta)
+    opts = eval_sr.SREvalOptions(scales=tuple(scales), modes=tuple(modes), steps=args.steps, eta=args.eta,
+                                 seeds=args.seeds, max_side=args.max_side, limit=args.limit,
+                                 consistency=args.consistency, ensemble=args.ensemble)
     from tqdm import tqdm
 
     total = len(paths[: args.limit]) * len(scales)
     with tqdm(total=total, desc="eval", unit="image-scale", file=sys.stderr, disable=None) as bar:
-        rows, skipped, grid = eval_sr.run(model, paths, opts, progress=lambda: bar.update(1))
+        rows, skipped, grid = eval_sr.run(model, paths, opts, progress=lambda: bar.update(1), regression=regression)
     for p, why in skipped:
         print(f"skipped {p}: {why}", file=sys.stderr)
     if not rows:
         raise UserError(f"no usable images in {hr_dir} ({len(skipped)} skipped)")
     summary = eval_sr.summarize(rows)
-    methods = ["bicubic", "lanczos", "lanczos+unsharp", "ours"]
+    ours = [eval_sr.ours_method(m) for m in modes]
+    methods = ["bicubic", "lanczos", "lanczos+unsharp"] + ([eval_sr.REGRESSION] if regression else []) + ours
     model_path = resolve_model_path(args.model, "sr")
+    regression_text = (f"Regression baseline (`{Path(args.baseline).name}`, LIIF-style, residual over bicubic): "
+                       f"{baseline_meta.get('parameters', '?')} parameters, {baseline_meta.get('steps', '?')} steps "
+                       f"of batch {baseline_meta.get('batch', '?')} in {baseline_meta.get('seconds', '?')} s."
+                       if regression else "")
     header = ["# ArbScale SR evaluation", "",
               f"Command: `arbscale {' '.join(shlex.quote(a) for a in args.argv)}`",
               f"Model: `{model_path.name}` ({model.config.task}, latent {model.config.latent_channels}ch, "
               f"training: {json.dumps(getattr(model, 'training_info', {}), sort_keys=True)})",
               f"Images: {len({r['image'] for r in rows})} from `{hr_dir}` (centre crops of at most "
               f"{args.max_side}px, sides divisible by the scale); LR by antialiased bicubic (PIL).",
-              f"Ours: {args.steps} DDIM steps, eta {args.eta}, {args.seeds} seed(s), LR-consistency "
-              f"projection {'on' if args.consistency else 'off'}, self-ensemble of {args.ensemble}.", "",
-              "![PSNR vs scale](psnr_vs_scale.png)", "", "![consistency and diversity](consistency_diversity.png)",
-              "", "![comparison](comparison_grid.png)"]
+              "Ours: " + "; ".join(f"{m} mode {st} DDIM step{'s' * (st != 1)}, eta {e:g}"
+                                    for m, (st, e) in mode_settings.items())
+              + f"; {args.seeds} seed(s), LR-consistency projection {'on' if args.consistency else 'off'}, "
+              f"self-ensemble of {args.ensemble}.", regression_text, "",
+              "![PSNR vs scale](psnr_vs_scale.png)", "",
+              "![perception-distortion](perception_distortion.png)", "",
+              "![consistency and diversity](consistency_diversity.png)", "", "![comparison](comparison_grid.png)"]
     eval_report.write_csv(rows, out / "metrics.csv")
     text = eval_report.sr_markdown(summary, scales, methods, header, skipped)
     from .fileio import atomic_path
@@ -517,14 +548,16 @@ def cmd_eval(args) -> int:
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(text)
     eval_report.psnr_plot(summary, scales, methods, out / "psnr_vs_scale.png")
+    eval_report.perception_distortion_plot(summary, scales, methods, out / "perception_distortion.png")
     eval_report.consistency_plot(summary, scales, methods, out / "consistency_diversity.png")
     grid_scale = 4.0 if 4.0 in scales else scales[len(scales) // 2]
     eval_report.comparison_grid(grid, grid_scale, out / "comparison_grid.png")
     for scale in scales:
-        ours_, bic = summary.get((scale, "ours"), {}), summary.get((scale, "bicubic"), {})
-        if "psnr_rgb" in ours_ and "psnr_rgb" in bic:
-            print(f"x{scale:g}: ours {ours_['psnr_rgb'][0]:.2f} dB, bicubic {bic['psnr_rgb'][0]:.2f} dB "
-                  f"({ours_['psnr_rgb'][0] - bic['psnr_rgb'][0]:+.2f})")
+        bic = summary.get((scale, "bicubic"), {})
+        cells = [f"{m} {summary[(scale, m)]['psnr_rgb'][0]:.2f} dB"
+                 for m in methods[3:] if "psnr_rgb" in summary.get((scale, m), {})]
+        if cells and "psnr_rgb" in bic:
+            print(f"x{scale:g}: " + ", ".join(cells) + f"; bicubic {bic['psnr_rgb'][0]:.2f} dB")
     print(f"report: {out / 'report.md'}")
     return 0
 
@@ -578,8 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def common(sp, task):
-        sp.add_argument("--steps", type=int, help=f"DDIM steps (default {_default_steps_text()})")
-        sp.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like")
+        sp.add_argument("--steps", type=int, help=f"DDIM steps (default: SR, the mode's; else {_default_steps_text()})")
+        sp.add_argument("--eta", type=float, help="DDIM eta: 0 deterministic, 1 DDPM-like (default: the mode's; "
+                                                  "generation: 0)")
         sp.add_argument("--seed", type=int, default=0, help="0 to 2**64-1; -1: a random one (printed)")
         sp.add_argument("--chunk", type=int, default=65536, help="pixels decoded at a time (memory)")
         sp.add_argument("--model", help=f"model file (default: bundled {DEFAULT_MODELS[task].name})")
@@ -612,6 +646,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--tile", type=int, default=256,
                     help="denoise latents over this many cells a side (for the shipped models: LR pixels) "
                          "in overlapping tiles, bounding memory (default 256)")
+    up.add_argument("--mode", choices=MODE_CHOICES, default="fidelity",
+                    help="fidelity (default): the model's few-step estimate, deterministic, the best PSNR; detail: "
+                         "DDIM with eta > 0 over several steps, each seed its own sharper detail (less faithful). "
+                         "--steps and --eta override the mode's")
     common(up, "sr")
     consistency_flag(up)
     output_options(up)
@@ -631,7 +669,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--scales", default="2,3,4,6.5,8")
     ev.add_argument("--limit", type=int, help="at most this many images")
     ev.add_argument("--seeds", type=int, default=1, help="seeds per image (diversity needs 2+)")
-    ev.add_argument("--max-side", type=int, default=384, help="centre-crop HR images to at most this size")
+    ev.add_argument("--max-side", type=int, default=384, help="centre-crop HR images to at most this size "
+                    "(384: LR crops of 48, 32 and 24 px at x8, x12 and x16)")
+    ev.add_argument("--modes", default="fidelity",
+                    help="ours in these modes, comma-separated: fidelity, detail (default fidelity)")
+    ev.add_argument("--baseline", metavar="FILE",
+                    help="also measure the LIIF-style regression baseline in these weights (benchmarks/liif_baseline.py)")
     common(ev, "sr")
     consistency_flag(ev)
     ev.set_defaults(func=cmd_eval)

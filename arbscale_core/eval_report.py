@@ -11,9 +11,16 @@ from PIL import Image
 from .eval_sr import METRICS
 from .fileio import atomic_path
 
-LABELS = {"psnr_rgb": "PSNR", "psnr_y": "PSNR-Y", "ssim_y": "SSIM-Y", "lr_consistency_db": "LR cons. dB",
-          "scale_consistency_db": "scale cons. dB", "hf_ratio": "HF ratio", "diversity": "diversity"}
-GRID_METHODS = ("LR", "bicubic", "lanczos+unsharp", "ours", "GT")
+LABELS = {"psnr_rgb": "PSNR", "psnr_y": "PSNR-Y", "ssim_y": "SSIM-Y", "ms_ssim": "MS-SSIM", "vif": "VIF",
+          "lr_consistency_db": "LR cons. dB", "scale_consistency_db": "scale cons. dB", "hf_ratio": "HF ratio",
+          "diversity": "diversity"}
+GRID_BASELINES = ("bicubic", "lanczos+unsharp", "regression")
+# Why the usual perceptual metrics are not in the report: each needs a network's weights downloaded
+# at run time, which an offline tool cannot do.
+OFFLINE_NOTE = ("LPIPS, DISTS and FID are not reported: each compares deep features of a network trained "
+                "elsewhere (AlexNet/VGG, Inception), whose weights would have to be downloaded at run time; "
+                "ArbScale's evaluation runs offline. MS-SSIM and VIF (torchmetrics) are full-reference "
+                "perceptual metrics that need no network.")
 
 
 def _pyplot():
@@ -50,15 +57,17 @@ def sr_markdown(summary: dict, scales, methods, header: list[str], skipped) -> s
                   "|---|" + "---|" * len(METRICS)]
         for method in methods:
             s = summary.get((scale, method), {})
-            cells = [_fmt(s.get(m), 4 if m in ("ssim_y",) else 2) for m in METRICS]
+            cells = [_fmt(s.get(m), 4 if m in ("ssim_y", "ms_ssim", "vif") else 2) for m in METRICS]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["Means over images with 95 % confidence intervals (1.96·sd/√n; seeds averaged per image first).",
               "PSNR on RGB and Y (BT.601) with a border shave of ceil(scale); SSIM on Y (scikit-image, Gaussian "
               "window). LR consistency: the output downscaled back to the LR size against the LR input. Scale "
-              "consistency: the output at 2x the size, downscaled, against the output. HF ratio: Laplacian "
-              "energy of the output over the ground truth's (below 1 = smoother than the truth). Diversity: "
-              "mean pairwise absolute pixel difference (0–255) between seeds.", ""]
+              "consistency: the output at 2x the size, downscaled, against the output (first seed). HF ratio: "
+              "Laplacian energy of the output over the ground truth's (below 1 = smoother than the truth). "
+              "Diversity: mean pairwise absolute pixel difference (0–255) between seeds. MS-SSIM (5 scales; fewer "
+              "on small crops) and VIF (pixel-domain visual information fidelity: 1 = the ground truth's "
+              "information, above 1 = contrast enhanced) on Y, higher is better.", "", OFFLINE_NOTE, ""]
     if skipped:
         lines += ["Skipped images:", ""] + [f"- `{p.name}`: {why}" for p, why in skipped] + [""]
     return "\n".join(lines)
@@ -95,9 +104,10 @@ def consistency_plot(summary: dict, scales, methods, path: Path) -> None:
                if "scale_consistency_db" in summary.get((s, method), {})]
         if pts:
             axes[0].plot([p[0] for p in pts], [p[1][0] for p in pts], marker="o", label=method)
-    pts = [(s, summary[(s, "ours")]["diversity"]) for s in scales if "diversity" in summary.get((s, "ours"), {})]
-    if pts:
-        axes[1].plot([p[0] for p in pts], [p[1][0] for p in pts], marker="o", color="C3", label="ours")
+    for method in methods:
+        pts = [(s, summary[(s, method)]["diversity"]) for s in scales if "diversity" in summary.get((s, method), {})]
+        if pts:
+            axes[1].plot([p[0] for p in pts], [p[1][0] for p in pts], marker="o", label=method)
     axes[0].set_title("Scale consistency (dB): x2 size, downscaled, vs x1")
     axes[1].set_title("Diversity across seeds (mean |a-b|, 0-255)")
     for ax in axes:
@@ -110,21 +120,53 @@ def consistency_plot(summary: dict, scales, methods, path: Path) -> None:
     plt.close(fig)
 
 
+def perception_distortion_plot(summary: dict, scales, methods, path: Path,
+                               metrics: tuple[str, ...] = ("vif", "ms_ssim", "hf_ratio")) -> None:
+    """One panel per perceptual metric: PSNR (distortion, x) against it (y), a point per method and
+    scale, each method's points joined in scale order and labelled with the scale."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for k, method in enumerate(methods):
+            pts = [(s, summary[(s, method)]) for s in scales
+                   if {"psnr_rgb", metric} <= set(summary.get((s, method), {}))]
+            if not pts:
+                continue
+            xs, ys = [p[1]["psnr_rgb"][0] for p in pts], [p[1][metric][0] for p in pts]
+            ax.plot(xs, ys, marker="o", color=f"C{k}", label=method, lw=1)
+            for (s, _), x, y in zip(pts, xs, ys):
+                ax.annotate(f"x{s:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points", color=f"C{k}")
+        ax.set_xlabel("PSNR (dB, RGB) - higher: less distortion")
+        ax.set_ylabel(LABELS[metric] + (" (1 = as detailed as the truth)" if metric == "hf_ratio" else ""))
+        if metric == "hf_ratio":
+            ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set_title(f"Perception-distortion: {LABELS[metric]} vs PSNR")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
 def comparison_grid(grid: dict, scale: float, path: Path, crop: int = 96) -> None:
-    """Rows: images; columns: LR (nearest-upscaled), bicubic, Lanczos+unsharp, ours, ground truth,
-    each a centre crop of ``crop`` HR pixels shown at 2x."""
+    """Rows: images; columns: LR (nearest-upscaled), bicubic, Lanczos+unsharp, the regression (when
+    measured), ours in each mode, ground truth, each a centre crop of ``crop`` HR pixels."""
     plt = _pyplot()
     items = [(p, outs[scale]) for p, outs in grid.items() if scale in outs]
     if not items:
         return
-    fig, axes = plt.subplots(len(items), len(GRID_METHODS), figsize=(2.6 * len(GRID_METHODS), 2.8 * len(items)),
+    present = set().union(*(outs.keys() for _, outs in items))
+    ours = sorted(m for m in present if m.startswith("ours"))
+    grid_methods = ["LR", *(m for m in GRID_BASELINES if m in present), *ours, "GT"]
+    fig, axes = plt.subplots(len(items), len(grid_methods), figsize=(2.6 * len(grid_methods), 2.8 * len(items)),
                              squeeze=False)
     for row, (p, outs) in enumerate(items):
         gt = outs["GT"]
         h, w = gt.shape[:2]
         c = min(crop, h, w)
         y, x = (h - c) // 2, (w - c) // 2
-        for col, method in enumerate(GRID_METHODS):
+        for col, method in enumerate(grid_methods):
             img = outs[method]
             if method == "LR":
                 img = np.asarray(Image.fromarray(img).resize((w, h), Image.NEAREST))

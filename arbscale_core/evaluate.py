@@ -81,6 +81,44 @@ def ssim(a: np.ndarray, b: np.ndarray, shave: int = 0) -> float:
                                        use_sample_covariance=False))
 
 
+def _torchmetrics_image():
+    try:
+        import torchmetrics.functional.image as tm
+    except ImportError:
+        raise RuntimeError("perceptual metrics need torchmetrics: pip install 'arbscale[eval]'") from None
+    return tm
+
+
+# MS-SSIM's five scales (Wang et al. 2003); torchmetrics wants side // (scales - 1)**2 > 10 for its
+# 11-px window (176 px for all five), so smaller images use the first scales that fit, their
+# weights renormalised.
+MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def perceptual_metrics(out: np.ndarray, reference: np.ndarray, shave: int = 0) -> dict[str, float]:
+    """Full-reference metrics that need no downloaded network, on the Y channel (0..255), from
+    torchmetrics: ``ms_ssim`` (multi-scale SSIM, 0..1, higher is better) and ``vif`` (pixel-domain
+    visual information fidelity, Sheikh & Bovik 2006: 1 for the reference itself, below 1 as
+    information is lost, above 1 for contrast-enhanced images; higher is better)."""
+    import torch
+
+    tm = _torchmetrics_image()
+    ya, yb = rgb_to_y(out), rgb_to_y(reference)
+    if shave:
+        ya, yb = ya[shave:-shave, shave:-shave], yb[shave:-shave, shave:-shave]
+    a = torch.from_numpy(np.ascontiguousarray(ya))[None, None]
+    b = torch.from_numpy(np.ascontiguousarray(yb))[None, None]
+    side = min(ya.shape)
+    n_scales = max([n for n in range(1, len(MS_SSIM_BETAS) + 1) if side // max(1, n - 1) ** 2 > 10 and side >= 2 ** n], default=1)
+    betas = MS_SSIM_BETAS[:n_scales]
+    betas = tuple(x / sum(betas) for x in betas)
+    kernel = 11 if side >= 11 else side - (1 - side % 2)
+    ms_ssim = tm.multiscale_structural_similarity_index_measure(a, b, data_range=255.0, kernel_size=kernel,
+                                                                betas=betas)
+    vif = tm.visual_information_fidelity(a, b) if side >= 41 else torch.tensor(float("nan"))
+    return {"ms_ssim": float(ms_ssim), "vif": float(vif)}
+
+
 def high_frequency_ratio(out: np.ndarray, reference: np.ndarray) -> float:
     """Energy of the Laplacian of ``out`` over that of ``reference`` (Y channel): about 1 when the
     output is as detailed as the ground truth, well below 1 when it is over-smoothed."""

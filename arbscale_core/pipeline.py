@@ -141,6 +141,29 @@ def default_steps(model: ArbScaleModel) -> int:
     return int(own) if own else DEFAULT_STEPS[model.config.task]
 
 
+# Named sampling modes of an SR model. fidelity: the model's default steps (1 for the bundled one),
+# eta 0, deterministic: the best PSNR. detail: DDIM with eta > 0 over several steps, so each seed
+# samples its own plausible detail (sharper, less faithful; see the model card for what it wins and
+# loses). A model file may name its own detail settings ("detail_steps", "detail_eta").
+MODES = ("fidelity", "detail")
+DETAIL_STEPS = 10
+DETAIL_ETA = 1.0
+
+
+def mode_sampling(model: ArbScaleModel, mode: str = "fidelity", steps: int | None = None,
+                  eta: float | None = None) -> tuple[int, float]:
+    """(steps, eta) of a named mode; ``steps`` / ``eta`` given (not None) override the mode's."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "fidelity":
+        own_steps, own_eta = default_steps(model), DEFAULT_ETA
+    else:
+        info = getattr(model, "training_info", {})
+        own_steps = int(info.get("detail_steps") or DETAIL_STEPS)
+        own_eta = float(info.get("detail_eta", DETAIL_ETA)) if info.get("detail_steps") else DETAIL_ETA
+    return (own_steps if steps is None else steps), (own_eta if eta is None else eta)
+
+
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
 
@@ -471,13 +494,15 @@ def upscale_tensor(model: ArbScaleModel, image: torch.Tensor, height: int, width
 
 
 def upscale(model: ArbScaleModel, image: torch.Tensor, scale: float | None = None,
-            size: tuple[int, int] | None = None, **kwargs) -> torch.Tensor:
+            size: tuple[int, int] | None = None, mode: str = "fidelity", **kwargs) -> torch.Tensor:
     """Upscale image [B,C,h,w] in 0..1 by ``scale`` (any positive float) or to ``size`` = (width,
     height): [B,C,height,width] in 0..1. C = 3 (RGB), 1 (grey: upscaled as RGB, returned grey) or
-    4 (RGBA: the colour through the model, alpha resized with antialiased bicubic).
+    4 (RGBA: the colour through the model, alpha resized with antialiased bicubic). ``mode``
+    ("fidelity" or "detail", see MODES) sets steps and eta unless they are passed.
     kwargs: those of ``upscale_tensor``. ValueError names any bad argument."""
     if model.config.task != "sr":
         raise ValueError("this model is a generation model; upscaling needs an SR model")
+    kwargs["steps"], kwargs["eta"] = mode_sampling(model, mode, kwargs.get("steps"), kwargs.get("eta"))
     check_image(image)
     height, width = output_size(*image.shape[-2:], scale=scale, size=size)
     channels = image.shape[1]

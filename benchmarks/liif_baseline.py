@@ -1,7 +1,7 @@
 """The strong regression baseline: a ~0.3 M-parameter LIIF-style SR network (residual over bicubic),
 trained here on a wall-clock budget, against ours on the validation photos in the same run.
 
-    python benchmarks/liif_baseline.py train --data ~/.cache/arbscale/data/train --out /tmp/liif --minutes 25
+    python benchmarks/liif_baseline.py train --data ~/.cache/arbscale/data/train --out /tmp/liif --minutes 25 [--steps 1700]
     python benchmarks/liif_baseline.py eval --weights /tmp/liif/liif.safetensors \
         --data ~/.cache/arbscale/data/val [--model arbscale_core/weights/arbscale_sr_tiny.safetensors] [--quick]
 
@@ -27,41 +27,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from arbscale_core.autoencoder import LREncoder
-from arbscale_core.config import ModelConfig
 from arbscale_core.evaluate import baseline, hr_crop_for_scale, make_lr, psnr
 from arbscale_core.imageops import from_uint8, resize, to_uint8
-from arbscale_core.implicit_decoder import ImplicitDecoder, decode_bands, make_coord
+from arbscale_core.regression import LIIFBaseline, load_baseline
 
 LR_SIDE = 32
-
-
-class LIIFBaseline(LREncoder):
-    """LR [B,3,h,w] in -1..1 -> any size, as bicubic + an implicit-decoder residual. The encoder is
-    the one LR-reading ArbScale decoders use (its head/body/tail are this module's own)."""
-
-    def __init__(self, channels: int = 48, blocks: int = 4, hidden: tuple[int, ...] = (128, 128, 128)):
-        super().__init__(ModelConfig(lr_features=channels, lr_blocks=blocks))
-        self.implicit = ImplicitDecoder(ModelConfig(feature_channels=channels, mlp_hidden=hidden))
-        self.shape = {"channels": channels, "blocks": blocks, "hidden": list(hidden)}
-
-    def first(self, lr: torch.Tensor) -> torch.Tensor:
-        return self.implicit.first_layer_map(super().forward(lr))
-
-    def forward(self, lr: torch.Tensor, height: int, width: int, rows: torch.Tensor,
-                cols: torch.Tensor) -> torch.Tensor:
-        """Rows x columns of the height x width output, [B,3,len(rows),len(cols)] in about -1..1."""
-        h, w = lr.shape[-2:]
-        ys, xs = make_coord(height, h, lr.device)[rows], make_coord(width, w, lr.device)[cols]
-        residual = self.implicit.query(self.first(lr), ys, xs, (h / height, w / width))
-        return resize(lr, height, width)[:, :, rows][:, :, :, cols] + residual
-
-    @torch.no_grad()
-    def upscale(self, lr: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        bands = [band for _, _, band in decode_bands(self.implicit, self.first(lr), height, width)]
-        return resize(lr, height, width) + torch.cat(bands, dim=2)
 
 
 def train(args) -> None:
@@ -78,9 +50,12 @@ def train(args) -> None:
     budget = args.minutes * 60
     t0 = time.time()
     step, log = 0, []
-    while (elapsed := time.time() - t0) < budget:
-        for group in opt.param_groups:  # cosine over the wall-clock budget, to a tenth
-            group["lr"] = args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * elapsed / budget)))
+    # the run ends at --minutes or --steps, whichever comes first; --steps makes it independent of
+    # what else shares the CPU (25 minutes alone here: 1,699 steps)
+    while (done := max((time.time() - t0) / budget, step / args.steps if args.steps else 0.0)) < 1:
+        elapsed = time.time() - t0
+        for group in opt.param_groups:  # cosine over the run, to a tenth
+            group["lr"] = args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * done)))
         scale = 1.5 + 3.0 * float(torch.rand(1, generator=gen))
         side = round(LR_SIDE * scale)
         hr = data.random_crops(args.batch, side, gen)
@@ -100,17 +75,6 @@ def train(args) -> None:
             "parameters": str(params), "batch": str(args.batch), "lr": str(args.lr), "queries": str(args.queries)}
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / "liif.safetensors"), metadata=meta)
     print(f"{params} parameters, {step} steps in {time.time() - t0:.0f} s -> {out / 'liif.safetensors'}")
-
-
-def load_baseline(path: str) -> tuple[LIIFBaseline, dict]:
-    from safetensors import safe_open
-
-    with safe_open(path, "pt") as fh:
-        meta = fh.metadata()
-    shape = json.loads(meta["shape"])
-    net = LIIFBaseline(shape["channels"], shape["blocks"], tuple(shape["hidden"]))
-    net.load_state_dict(load_file(path))
-    return net.eval(), meta
 
 
 def evaluate(args) -> None:
@@ -162,6 +126,8 @@ def main(argv=None) -> int:
     t.add_argument("--data", required=True)
     t.add_argument("--out", required=True)
     t.add_argument("--minutes", type=float, default=25.0)
+    t.add_argument("--steps", type=int, help="also end after this many steps (the learning rate follows "
+                                             "whichever limit is nearer)")
     t.add_argument("--batch", type=int, default=16)
     t.add_argument("--lr", type=float, default=4e-4)
     t.add_argument("--queries", type=int, default=48, help="output rows and columns sampled per crop")

@@ -10,7 +10,7 @@ import torch
 from comfy_api.latest import ComfyExtension, io
 
 from arbscale_core.cli import BUNDLED_MODELS, WEIGHTS_DIR
-from arbscale_core.pipeline import DEFAULT_STEPS, ENSEMBLE_SIZES, default_steps
+from arbscale_core.pipeline import DEFAULT_STEPS, ENSEMBLE_SIZES
 
 from . import logic
 
@@ -92,12 +92,18 @@ HEIGHT = dict(default=0, min=0, max=logic.MAX_SIDE, step=1, tooltip="0 = from sc
 def sampling_inputs() -> list:
     """steps, eta, seed: the same widgets on Latent Denoise and Upscale."""
     return [io.Int.Input("steps", default=0, min=0, max=1000,
-                         tooltip=f"DDIM steps; 0 = the model file's default (bundled SR model: 1; "
+                         tooltip=f"DDIM steps; 0 = the mode's (SR) or the model file's default (bundled SR model: 1; "
                                  f"otherwise {DEFAULT_STEPS['sr']})"),
-            io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.01),
+            io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.01,
+                           tooltip="DDIM eta, 0 deterministic to 1 DDPM-like: for generation models and the custom mode"),
             io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True)]
 
 
+MODE = dict(options=logic.SAMPLING_MODES, default="fidelity",
+            tooltip="SR: fidelity = the model's few-step estimate, deterministic, the best PSNR; detail = DDIM "
+                    "with eta > 0 over several steps, each seed its own sharper detail (less faithful); in these "
+                    "two, steps > 0 overrides the mode's and eta is not used. custom = the steps and eta widgets. "
+                    "Generation models always use the widgets.")
 ENSEMBLE_CHOICES = [str(n) for n in ENSEMBLE_SIZES]
 CONSISTENCY = dict(default=True, tooltip="SR: correct the output so that, brought back to the input's size, it "
                                          "gives the input (iterative back-projection; no effect on generation)")
@@ -160,13 +166,17 @@ class ArbScaleLatentDenoise(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(node_id="ArbScaleLatentDenoise", display_name="ArbScale Latent Denoise", category=CATEGORY,
                          description="DDIM in latent space (its cost does not depend on the output size).",
-                         inputs=[ArbLatent.Input("latent"), *sampling_inputs()],
+                         inputs=[ArbLatent.Input("latent"), *sampling_inputs(), io.Combo.Input("mode", **MODE)],
                          outputs=[ArbLatent.Output(display_name="latent")])
 
     @classmethod
-    def execute(cls, latent, steps, eta, seed) -> io.NodeOutput:
+    def validate_inputs(cls, mode="fidelity") -> bool | str:
+        return combo_check("mode", mode, logic.SAMPLING_MODES)
+
+    @classmethod
+    def execute(cls, latent, steps, eta, seed, mode="fidelity") -> io.NodeOutput:
         model, device = _on_device(latent.model)
-        steps = steps or default_steps(model)
+        steps, eta = logic.resolve_sampling(model, mode, steps, eta)
         try:
             out = logic.run_denoise(latent, steps, eta, seed, _Progress(steps).hooks(), autocast_dtype(device))
         finally:
@@ -209,16 +219,19 @@ class ArbScaleUpscale(io.ComfyNode):
                                  io.Boolean.Input("lr_consistency", **CONSISTENCY),
                                  io.Combo.Input("ensemble", options=ENSEMBLE_CHOICES, default="1",
                                                 tooltip="geometric self-ensemble: average this many runs on "
-                                                        "flipped/transposed copies (more PSNR, that many times the work)")],
+                                                        "flipped/transposed copies (more PSNR, that many times the work)"),
+                                 io.Combo.Input("mode", **MODE)],
                          outputs=[io.Image.Output(display_name="image")])
 
     @classmethod
-    def validate_inputs(cls, ensemble) -> bool | str:
-        return combo_check("ensemble", ensemble, ENSEMBLE_CHOICES)
+    def validate_inputs(cls, ensemble="1", mode="fidelity") -> bool | str:
+        ok = combo_check("ensemble", ensemble, ENSEMBLE_CHOICES)
+        return ok if ok is not True else combo_check("mode", mode, logic.SAMPLING_MODES)
 
     @classmethod
     def execute(cls, model, image, scale, width, height, steps, eta, seed, chunk, lr_consistency=True,
-                ensemble="1") -> io.NodeOutput:
+                ensemble="1", mode="fidelity") -> io.NodeOutput:
+        steps, eta = logic.resolve_sampling(model, mode, steps, eta)
         source_hw = (image.shape[1], image.shape[2])
         h, w = logic.target_size(source_hw, scale, width, height)
         check_output_memory(image.shape[0], h, w)

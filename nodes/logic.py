@@ -16,9 +16,10 @@ import torch
 from arbscale_core.checkpoint import CheckpointError, load_model
 from arbscale_core.model import ArbScaleModel
 from arbscale_core.imageops import BandResize
-from arbscale_core.pipeline import (SRGuide, check_ensemble, check_image, check_sampling, check_scale,
+from arbscale_core.pipeline import (MODES, SRGuide, check_ensemble, check_image, check_sampling, check_scale,
                                     decode_bands, default_steps, denoise, encode_condition, ensemble_average,
-                                    generation_latent_size, resize_alpha, scaled_side, size_problem, sr_guide)
+                                    generation_latent_size, mode_sampling, resize_alpha, scaled_side, size_problem,
+                                    sr_guide)
 
 MAX_SIDE = 65536  # width/height widgets allow at most this; the output limit is its pixel count
 # RAM an output needs, in IMAGEs: the IMAGE itself, plus what SaveImage / PreviewImage take to write
@@ -103,6 +104,22 @@ def empty_latent(model: ArbScaleModel, width: int, height: int, batch: int) -> A
     lh, lw = generation_latent_size(model, height, width)
     return ArbLatent(model=model, source_hw=(height, width),
                      latent_shape=(batch, model.config.latent_channels, lh, lw))
+
+
+SAMPLING_MODES = [*MODES, "custom"]
+
+
+def resolve_sampling(model: ArbScaleModel, mode: str, steps: int, eta: float) -> tuple[int, float]:
+    """(steps, eta) from the node's widgets. SR models in a named mode (pipeline.MODES): the mode's,
+    a steps widget above 0 overriding its steps (the eta widget is for "custom"). "custom", and every
+    generation model: the widgets, steps 0 meaning the model file's default."""
+    if mode not in SAMPLING_MODES:
+        raise ValueError(f"ArbScale: mode must be one of {', '.join(SAMPLING_MODES)}, got {mode!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"ArbScale: steps must be at least 1 (or 0 for the default), got {steps!r}")
+    if mode == "custom" or model.config.task != "sr":
+        return steps or default_steps(model), eta
+    return mode_sampling(model, mode, steps or None, None)
 
 
 def run_denoise(src: ArbLatent, steps: int, eta: float, seed: int, hooks: Hooks | None = None,

@@ -32,11 +32,12 @@ TYPES = {
     "ArbScaleEncodeLR": ([], [("model", "ARBSCALE_MODEL"), ("image", "IMAGE")], [("latent", "ARBSCALE_LATENT")]),
     "ArbScaleEmptyLatent": (["width", "height", "batch_size"], [("model", "ARBSCALE_MODEL")],
                             [("latent", "ARBSCALE_LATENT")]),
-    "ArbScaleLatentDenoise": (["steps", "eta", "seed"], [("latent", "ARBSCALE_LATENT")],
+    "ArbScaleLatentDenoise": (["steps", "eta", "seed", "mode"], [("latent", "ARBSCALE_LATENT")],
                               [("latent", "ARBSCALE_LATENT")]),
     "ArbScaleImplicitDecode": (["scale", "width", "height", "chunk", "lr_consistency"], [("latent", "ARBSCALE_LATENT")],
                                [("image", "IMAGE")]),
-    "ArbScaleUpscale": (["scale", "width", "height", "steps", "eta", "seed", "chunk", "lr_consistency", "ensemble"],
+    "ArbScaleUpscale": (["scale", "width", "height", "steps", "eta", "seed", "chunk", "lr_consistency", "ensemble",
+                         "mode"],
                         [("model", "ARBSCALE_MODEL"), ("image", "IMAGE")], [("image", "IMAGE")]),
     "Note": (["text"], [], []),  # frontend-only: in the UI file, not in the API graph
 }
@@ -113,11 +114,11 @@ WORKFLOWS = {
         {"id": 2, "type": "ArbScaleLoadModel", "pos": [0, 395], "size": [400, 58], "widgets": {"model_name": MODEL}},
         note(5, [0, 515], [400, 190],
              "Upscale by any factor (3.7 here), or set width / height (one keeps the aspect).\n\n"
-             "Models: arbscale_sr_tiny (default, faithful, 1 step) or arbscale_sr_tiny_detail (20 steps, "
-             "invents texture; eta and seed vary it).\n\nThe label under the node shows the output size."),
-        {"id": 3, "type": "ArbScaleUpscale", "pos": [430, 0], "size": [320, 330],
+             "mode: fidelity (default: 1 step, faithful, the best PSNR) or detail (sampled: each seed its own "
+             "sharper detail, less faithful).\n\nThe label under the node shows the output size."),
+        {"id": 3, "type": "ArbScaleUpscale", "pos": [430, 0], "size": [320, 356],
          "widgets": {"scale": 3.7, "width": 0, "height": 0, "steps": 0, "eta": 0.0, "seed": 0, "chunk": CHUNK,
-                     "lr_consistency": True, "ensemble": "1"},
+                     "lr_consistency": True, "ensemble": "1", "mode": "fidelity"},
          "inputs": {"model": (2, 0), "image": (1, 0)}},
         save(4, [780, 0], [420, 420], "arbscale_x3.7", (3, 0)),
     ],
@@ -126,8 +127,8 @@ WORKFLOWS = {
         {"id": 2, "type": "ArbScaleLoadModel", "pos": [0, 395], "size": [400, 58], "widgets": {"model_name": MODEL}},
         {"id": 3, "type": "ArbScaleEncodeLR", "pos": [290, 0], "size": [290, 50],
          "inputs": {"model": (2, 0), "image": (1, 0)}},
-        {"id": 4, "type": "ArbScaleLatentDenoise", "pos": [290, 115], "size": [290, 140],
-         "widgets": {"steps": 0, "eta": 0.0, "seed": 0}, "inputs": {"latent": (3, 0)}},
+        {"id": 4, "type": "ArbScaleLatentDenoise", "pos": [290, 115], "size": [290, 166],
+         "widgets": {"steps": 0, "eta": 0.0, "seed": 0, "mode": "fidelity"}, "inputs": {"latent": (3, 0)}},
         note(11, [0, 515], [580, 130],
              "Denoise once, decode many times: the diffusion runs at the input's size, so each extra "
              "output size costs only its decode.\n\nEach Decode sets a scale, or a width and/or height."),
@@ -147,8 +148,8 @@ WORKFLOWS = {
              "(256 and 768 px here). Load your own generation model for real work."),
         {"id": 2, "type": "ArbScaleEmptyLatent", "pos": [430, 0], "size": [300, 106],
          "widgets": {"width": 256, "height": 256, "batch_size": 1}, "inputs": {"model": (1, 0)}},
-        {"id": 3, "type": "ArbScaleLatentDenoise", "pos": [430, 175], "size": [300, 140],
-         "widgets": {"steps": 20, "eta": 0.0, "seed": 7}, "inputs": {"latent": (2, 0)}},
+        {"id": 3, "type": "ArbScaleLatentDenoise", "pos": [430, 175], "size": [300, 166],
+         "widgets": {"steps": 20, "eta": 0.0, "seed": 7, "mode": "custom"}, "inputs": {"latent": (2, 0)}},
         decode(4, [760, 0], "Decode at 256x256", (3, 0), scale=1.0),
         decode(6, [760, 240], "Decode x3 (768x768)", (3, 0), scale=3.0),
         save(5, [1090, 0], [300, 380], "arbscale_texture", (4, 0)),
@@ -172,11 +173,11 @@ WORKFLOWS = {
          "inputs": {"model": (1, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0)}},
         {"id": 6, "type": "VAEDecode", "pos": [740, 330], "size": [300, 46], "inputs": {"samples": (5, 0), "vae": (1, 2)}},
         {"id": 7, "type": "ArbScaleLoadModel", "pos": [740, 445], "size": [400, 58], "widgets": {"model_name": MODEL}},
-        {"id": 8, "type": "ArbScaleUpscale", "pos": [1170, 0], "size": [300, 330],
+        {"id": 8, "type": "ArbScaleUpscale", "pos": [1170, 0], "size": [300, 356],
          "widgets": {"scale": 2.5, "width": 0, "height": 0, "steps": 0, "eta": 0.0, "seed": 0, "chunk": CHUNK,
-                     "lr_consistency": True, "ensemble": "1"},
+                     "lr_consistency": True, "ensemble": "1", "mode": "fidelity"},
          "inputs": {"model": (7, 0), "image": (6, 0)}},
-        save(9, [1170, 395], [300, 190], "sd_arbscale", (8, 0)),
+        save(9, [1170, 425], [300, 190], "sd_arbscale", (8, 0)),
     ],
 }
 

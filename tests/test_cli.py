@@ -27,6 +27,30 @@ def test_upscale_file_non_integer(tmp_path, sr_ckpt, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
+def test_upscale_modes(tmp_path, sr_ckpt, capsys):
+    """--mode detail samples (seeds differ) and equals its steps and eta given by hand; fidelity is the
+    default; --steps / --eta override a mode's."""
+    from arbscale_core.pipeline import DETAIL_ETA, DETAIL_STEPS
+
+    src = write_png(tmp_path / "in.png", 14, 10)
+    outs = {}
+    for name, extra in (("default", []), ("fidelity", ["--mode", "fidelity"]), ("detail0", ["--mode", "detail"]),
+                        ("detail1", ["--mode", "detail", "--seed", "1"]),
+                        ("manual", ["--steps", str(DETAIL_STEPS), "--eta", str(DETAIL_ETA)]),
+                        ("override", ["--mode", "detail", "--steps", "2", "--eta", "0"]),
+                        ("override_manual", ["--steps", "2", "--eta", "0"])):
+        dst = tmp_path / f"{name}.png"
+        rc, out, err = run_cli(["upscale", src, "-o", dst, "--scale", "2", "--model", sr_ckpt, *extra], capsys)
+        assert rc == 0, err
+        outs[name] = np.asarray(Image.open(dst)).astype(int)
+    assert (outs["default"] == outs["fidelity"]).all()
+    assert (outs["detail0"] == outs["manual"]).all()
+    assert np.abs(outs["detail0"] - outs["detail1"]).mean() > 0
+    assert (outs["override"] == outs["override_manual"]).all()
+    rc, _, err = run_cli(["upscale", src, "-o", tmp_path / "x.png", "--scale", "2", "--mode", "sharp"], capsys)
+    assert rc == 2 and err.strip().startswith("error: ") and "fidelity" in err
+
+
 def test_upscale_folder_to_size(tmp_path, sr_ckpt, capsys):
     src = tmp_path / "src"
     src.mkdir()

@@ -21,29 +21,60 @@ def hr_dir(tmp_path):
     return d
 
 
-def test_eval_writes_full_report(tmp_path, hr_dir, sr_ckpt, capsys):
+def test_eval_writes_full_report(tmp_path, hr_dir, sr_ckpt, regression_file, capsys):
     out = tmp_path / "report"
     rc = main(["eval", str(hr_dir), "-o", str(out), "--model", str(sr_ckpt), "--scales", "2,3.5", "--steps", "1",
-               "--seeds", "2", "--max-side", "48"])
+               "--seeds", "2", "--max-side", "48", "--modes", "fidelity,detail", "--baseline", str(regression_file)])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert {p.name for p in out.iterdir()} == {"metrics.csv", "report.md", "psnr_vs_scale.png",
-                                               "consistency_diversity.png", "comparison_grid.png"}
+                                               "perception_distortion.png", "consistency_diversity.png",
+                                               "comparison_grid.png"}
     rows = list(csv.DictReader(open(out / "metrics.csv")))
-    # 2 images x 2 scales x (3 baselines + 2 seeds of ours)
-    assert len(rows) == 2 * 2 * 5
-    assert {r["method"] for r in rows} == {"bicubic", "lanczos", "lanczos+unsharp", "ours"}
+    # 2 images x 2 scales x (3 baselines + the regression + 2 modes x 2 seeds of ours)
+    assert len(rows) == 2 * 2 * 8
+    assert {r["method"] for r in rows} == {"bicubic", "lanczos", "lanczos+unsharp", "regression", "ours fidelity",
+                                           "ours detail"}
+    for r in rows:  # every row has the perceptual metrics; VIF needs 41 px, the x2 crops have 48
+        assert 0 < float(r["ms_ssim"]) <= 1
+        assert float(r["vif"]) > 0 or (r["scale"] == "3.5" and r["vif"] == "nan")
+    detail = [r for r in rows if r["method"] == "ours detail"]
+    assert all(float(r["diversity"]) > 0 for r in detail)  # eta 1: seeds differ
     report = (out / "report.md").read_text()
     assert "### x3.5" in report and "tiny.png" in report and "broken.png" in report
-    assert "arbscale eval" in report
-    assert "skipped" in cap.err and "x2: ours" in cap.out
+    assert "arbscale eval" in report and "VIF" in report and "LPIPS" in report and "Regression baseline" in report
+    assert "fidelity mode 1 DDIM step, eta 0" in report and "detail mode 1 DDIM step, eta 1" in report
+    assert "skipped" in cap.err and "x2: regression" in cap.out and "ours detail" in cap.out
 
 
-@pytest.mark.parametrize("case", ["empty", "missing", "unwritable", "bad scales", "bad eta"])
+@pytest.fixture
+def regression_file(tmp_path):
+    """A small LIIF-style regression baseline file, as benchmarks/liif_baseline.py writes them."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from arbscale_core.regression import LIIFBaseline
+
+    torch.manual_seed(0)
+    net = LIIFBaseline(channels=8, blocks=1, hidden=(16,))
+    path = tmp_path / "liif.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path),
+              metadata={"shape": json.dumps(net.shape), "steps": "0", "seconds": "0", "parameters": "1",
+                        "batch": "1"})
+    return path
+
+
+@pytest.mark.parametrize("case", ["empty", "missing", "unwritable", "bad scales", "bad eta", "bad mode",
+                                  "baseline missing", "baseline not one"])
 def test_eval_errors(case, tmp_path, sr_ckpt, hr_dir, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    argv = {"empty": ["eval", str(empty), "-o", str(tmp_path / "r")],
+    argv = {"bad mode": ["eval", str(hr_dir), "-o", str(tmp_path / "r"), "--modes", "fidelity,sharp"],
+            "baseline missing": ["eval", str(hr_dir), "-o", str(tmp_path / "r"), "--baseline", str(tmp_path / "no")],
+            "baseline not one": ["eval", str(hr_dir), "-o", str(tmp_path / "r"), "--baseline", str(sr_ckpt)],
+            "empty": ["eval", str(empty), "-o", str(tmp_path / "r")],
             "missing": ["eval", str(tmp_path / "nope"), "-o", str(tmp_path / "r")],
             "unwritable": ["eval", str(hr_dir), "-o", "/proc/arbscale_report"],
             "bad scales": ["eval", str(hr_dir), "-o", str(tmp_path / "r"), "--scales", "2,0"],

@@ -219,3 +219,18 @@ def test_decode_node_feeds_lr_reading_decoders(sr_model):
         out = logic.run_decode(den, 20, 26, 4096, consistency=consistency)
         ref = upscale_tensor(model, image.permute(0, 3, 1, 2), 20, 26, steps=2, seed=5, consistency=consistency)
         torch.testing.assert_close(out, ref.permute(0, 2, 3, 1))
+
+
+def test_node_modes_resolve_steps_and_eta(sr_model, gen_model):
+    from arbscale_core.pipeline import DETAIL_ETA, DETAIL_STEPS, default_steps
+
+    assert logic.resolve_sampling(sr_model, "fidelity", 0, 0.7) == (default_steps(sr_model), 0.0)
+    assert logic.resolve_sampling(sr_model, "detail", 0, 0.0) == (DETAIL_STEPS, DETAIL_ETA)
+    assert logic.resolve_sampling(sr_model, "detail", 3, 0.0) == (3, DETAIL_ETA)  # steps > 0 overrides
+    assert logic.resolve_sampling(sr_model, "custom", 0, 0.4) == (default_steps(sr_model), 0.4)
+    assert logic.resolve_sampling(sr_model, "custom", 5, 0.4) == (5, 0.4)
+    assert logic.resolve_sampling(gen_model, "detail", 0, 0.4) == (default_steps(gen_model), 0.4)
+    for bad, words in ((("sharp", 0, 0.0), "mode must be one of fidelity, detail, custom"),
+                       (("fidelity", -1, 0.0), "steps must be at least 1")):
+        with pytest.raises(ValueError, match=f"ArbScale: {words}"):
+            logic.resolve_sampling(sr_model, *bad)

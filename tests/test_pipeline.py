@@ -281,3 +281,38 @@ def test_lr_reading_decoder_reads_the_lr_image(sr_model):
     out = upscale(model, img, size=(22, 15), steps=2)
     torch.testing.assert_close(out, projected)
     assert upscale(model, img, scale=3.3, steps=1, ensemble=2).shape == (1, 3, 20, 30)
+
+
+def test_modes_set_steps_and_eta(sr_model):
+    from arbscale_core.pipeline import DETAIL_ETA, DETAIL_STEPS, MODES, default_steps, mode_sampling
+
+    assert MODES == ("fidelity", "detail")
+    assert mode_sampling(sr_model, "fidelity") == (default_steps(sr_model), 0.0)
+    assert mode_sampling(sr_model, "detail") == (DETAIL_STEPS, DETAIL_ETA)
+    assert mode_sampling(sr_model, "detail", steps=4) == (4, DETAIL_ETA)  # given values override
+    assert mode_sampling(sr_model, "detail", eta=0.3) == (DETAIL_STEPS, 0.3)
+    with pytest.raises(ValueError, match="mode must be one of fidelity, detail"):
+        mode_sampling(sr_model, "sharp")
+
+
+def test_model_file_names_its_detail_mode(sr_model, monkeypatch):
+    from arbscale_core.pipeline import mode_sampling
+
+    monkeypatch.setattr(sr_model, "training_info", {"default_steps": 1, "detail_steps": 6, "detail_eta": 0.5},
+                        raising=False)
+    assert mode_sampling(sr_model, "fidelity") == (1, 0.0)
+    assert mode_sampling(sr_model, "detail") == (6, 0.5)
+
+
+def test_upscale_modes(sr_model):
+    """fidelity is deterministic over seeds' noise only through the 1-step estimate; detail samples:
+    its seeds differ, and it equals upscale_tensor at the mode's steps and eta."""
+    from arbscale_core.pipeline import DETAIL_ETA, DETAIL_STEPS, upscale, upscale_tensor
+
+    img = torch.rand(1, 3, 12, 10, generator=torch.Generator().manual_seed(0))
+    detail = [upscale(sr_model, img, 2.0, mode="detail", seed=s) for s in (0, 1)]
+    assert (detail[0] - detail[1]).abs().mean() > 1e-4
+    same = upscale_tensor(sr_model, img, 24, 20, steps=DETAIL_STEPS, eta=DETAIL_ETA, seed=0)
+    assert torch.allclose(detail[0], same)
+    explicit = upscale(sr_model, img, 2.0, mode="detail", steps=2, eta=0.0, seed=0)
+    assert torch.allclose(explicit, upscale_tensor(sr_model, img, 24, 20, steps=2, eta=0.0, seed=0))

@@ -24,11 +24,13 @@ def parse(argv: list[str] | None = None) -> TrainArgs:
     p.add_argument("--task", default="sr", choices=("sr", "gen"))
     d = TrainArgs.__dataclass_fields__
     for name in ("steps", "batch", "crop", "warmup", "seed", "log_every", "val_every", "save_every",
-                 "val_steps", "image_limit", "queries", "threads", "rec_min_t", "default_steps"):
+                 "val_steps", "image_limit", "queries", "threads", "rec_min_t", "default_steps",
+                 "detail_steps"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=d[name].default)
     p.add_argument("--minutes", type=float, default=None,
                    help="wall-clock budget: stop when it is spent (or at --steps), the LR schedule ending with it")
-    for name in ("lr", "weight_decay", "ema", "clip", "max_rel_scale", "snr_max", "snr_min", "t_max_frac", "lambda_dm", "lambda_rec", "x0_weight"):
+    for name in ("lr", "weight_decay", "ema", "clip", "max_rel_scale", "snr_max", "snr_min", "t_max_frac", "lambda_dm", "lambda_rec", "x0_weight",
+                 "hr_latent_frac", "detail_eta"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=d[name].default)
     p.add_argument("--lr-scale-range", type=float, nargs=2, default=[3.0, 5.0],
                    help="LR downscale factors for the SR condition (min max)")

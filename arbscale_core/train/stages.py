@@ -218,7 +218,8 @@ class DecoderLoss(StageLoss):
     ``lr_scale_range``; condition = the LR resized to the condition size and encoded; latent =
     DDIM with ``sample_steps`` steps from fresh noise; targets = the crop's own pixels at random
     rows and columns (LIIF's sampled queries); L1 of the decoded residual + the resized LR image.
-    With tune_decoder the feature decoder trains too."""
+    With tune_decoder the feature decoder trains too; with hr_latent_frac part of the batch
+    decodes true latents (see forward)."""
 
     def __init__(self, model, rank=0, world=1, **opts):
         super().__init__(model, rank, world, **opts)
@@ -248,6 +249,15 @@ class DecoderLoss(StageLoss):
             x = sample_ddim(lambda x_t, t: m.eps(x_t, t, cond), noise.to(cond.device), self.abar,
                             steps=self.opts.get("sample_steps", 1))
             latent = m.from_diffusion(x, cond)
+            # hr_latent_frac: that share of the batch decodes the true latent instead (the HR crop
+            # resized to the condition size and encoded: what the diffusion model learns to sample),
+            # so one decoder renders sampled detail as it is (sampling modes) and regresses from the
+            # smooth few-step estimate (the 1-step mode); it tells them apart by the latent itself.
+            frac = self.opts.get("hr_latent_frac", 0.0)
+            use_true = self.local(torch.rand(images.shape[0] * self.world, generator=self.gen) < frac)
+            if frac and bool(use_true.any()):
+                true_latent = m.encode(resize(images, *cond_images.shape[-2:]).clamp(-1, 1))
+                latent = torch.where(use_true.to(latent.device).view(-1, 1, 1, 1), true_latent, latent)
         h, w = latent.shape[-2:]
         q = self.opts.get("queries", 48)
         rows = torch.randperm(p, generator=self.gen)[:q].sort().values

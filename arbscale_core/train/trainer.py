@@ -64,6 +64,9 @@ class TrainArgs:
     x0_weight: float = 0.0
     tune_decoder: bool = False  # align: also train the feature + implicit decoder (paper: frozen)
     decoder_init: str | None = None  # decoder stage: take the decoders from this model file
+    hr_latent_frac: float = 0.0  # decoder stage: share of the batch decoding true latents, not estimates
+    detail_steps: int = 0        # recorded in the exported file: its "detail" mode's DDIM steps (0: none)
+    detail_eta: float = 0.0      # ... and that mode's eta
     anchor: bool = False        # SR: set config.anchor (decode adds back the condition's AE error)
     threads: int | None = None
     save_dtype: str = "float32"
@@ -161,6 +164,7 @@ class Trainer:
                 "snr_max": args.snr_max, "snr_min": args.snr_min, "t_max_frac": args.t_max_frac,
                 "rec_min_t": args.rec_min_t, "lambda_dm": args.lambda_dm, "lambda_rec": args.lambda_rec,
                 "x0_weight": args.x0_weight, "tune_decoder": args.tune_decoder,
+                "hr_latent_frac": args.hr_latent_frac,
                 "sample_steps": args.default_steps or (self.init_info or {}).get("default_steps") or 1}
         if args.max_rel_scale:
             opts["max_rel_scale"] = args.max_rel_scale
@@ -247,6 +251,10 @@ class Trainer:
         steps = self.args.default_steps or (self.loss.opts["sample_steps"] if self.args.stage == "decoder" else 0)
         if steps:
             info["default_steps"] = steps
+        if self.args.hr_latent_frac:
+            info["hr_latent_frac"] = self.args.hr_latent_frac
+        if self.args.detail_steps:  # pipeline.mode_sampling reads it
+            info["detail_steps"], info["detail_eta"] = self.args.detail_steps, self.args.detail_eta
         save_model(model, path, training=info, dtype=getattr(torch, self.args.save_dtype))
         return path
 
