@@ -239,7 +239,14 @@ def cmd_upscale(args) -> int:
     inputs = collect_inputs(args.inputs)
     tag = f"x{scale:g}" if scale is not None else f"{size[0]}x{size[1]}"
     targets = plan_outputs(inputs, args.output, tag, args.suffix)
-    check_existing(targets, args)
+    batch = len(inputs)
+    rank, world = _rank_world()
+    if world > 1:  # under torchrun: this rank's share of the inputs, every world-th one
+        inputs, targets = inputs[rank::world], targets[rank::world]
+        _rank_resources(args)
+    check_existing(targets, args)  # this rank's only: the others may already be writing theirs
+    if not inputs:
+        return 0
     model, _, dtype = load(args.model, "sr", args.device, args.dtype)
     sampling(args, model)
     failed = []
@@ -250,7 +257,7 @@ def cmd_upscale(args) -> int:
         try:
             h, w = _upscale_one(model, p, target, scale, size, args, dtype)
         except ValueError as exc:  # this input (unreadable, too large...): the batch goes on
-            if len(inputs) == 1:
+            if batch == 1:
                 raise UserError(str(exc)) from None
             print(f"error: {exc}", file=sys.stderr)
             failed.append(p)
@@ -260,6 +267,29 @@ def cmd_upscale(args) -> int:
         names = ", ".join(str(p) for p in failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
         raise BatchError(f"{len(failed)} of {len(inputs)} inputs failed (the others were written): {names}")
     return 0
+
+
+def _rank_world() -> tuple[int, int]:
+    """(rank, world size) when started by torchrun (its RANK / WORLD_SIZE), else (0, 1)."""
+    try:
+        world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    except ValueError:
+        raise UserError("RANK and WORLD_SIZE must be whole numbers (as torchrun sets them)") from None
+    if world < 1 or not 0 <= rank < world:
+        raise UserError(f"RANK {rank} is not below WORLD_SIZE {world}")
+    return rank, world
+
+
+def _rank_resources(args) -> None:
+    """One GPU per local rank (--device auto with CUDA), or on CPUs an equal share of the cores."""
+    import torch
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    if args.device == "auto" and torch.cuda.is_available():
+        args.device = f"cuda:{local_rank % torch.cuda.device_count()}"
+    elif args.device in ("auto", "cpu"):
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
 
 
 def check_output_options(args) -> None:

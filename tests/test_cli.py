@@ -322,3 +322,29 @@ def test_huge_inputs_refused_before_decoding(case, tmp_path, sr_ckpt, capsys):
     assert line.startswith("error: ") and "over the input limit of 67,108,864" in line and "\n" not in line
     assert f"{side * side:,} pixels" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png"]
+
+
+def test_torchrun_shards_a_folder_across_ranks(tmp_path, sr_ckpt):
+    """torchrun with 2 CPU ranks: every input written exactly once, the same pixels as one process."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(5):
+        write_png(src / f"im{i}.png", 9 + i, 8, seed=i)
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    common = ["upscale", str(src), "--scale", "2", "--model", str(sr_ckpt), "--steps", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "arbscale_core.cli", *common, "-o", str(one)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert single.returncode == 0, single.stderr
+    ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                            "-m", "arbscale_core.cli", *common, "-o", str(two)],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert ranks.returncode == 0, ranks.stdout + ranks.stderr
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir()) == \
+        [f"im{i}_x2.png" for i in range(5)]
+    for p in one.iterdir():
+        assert file_hash(p) == file_hash(two / p.name)
+    lines = [line for line in ranks.stdout.splitlines() if " -> " in line]
+    assert len(lines) == 5  # each input once, over both ranks

@@ -129,3 +129,36 @@ def test_registry_validation_passes():
                           timeout=120, env={**os.environ, "PATH": f"{comfy.parent}:{os.environ['PATH']}"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "All validation checks passed" in proc.stdout
+
+
+def test_modes_through_the_upscale_node(result):
+    for key in ("mode_fidelity", "mode_detail_s0", "mode_detail_s1"):
+        assert result[key]["valid"] and result[key]["success"], result[key]
+        assert [size for _, size in result[key]["saved"]] == [[803, 555]]
+    assert result["mode_detail_s0"]["pixels"] != result["mode_detail_s1"]["pixels"]  # each seed its own sample
+    assert result["mode_detail_s0"]["pixels"] != result["mode_fidelity"]["pixels"]
+    bad = result["mode_bad"]
+    assert not bad["valid"] and "mode 'sharp' is not one of the choices (fidelity, detail, custom)" in bad["node_errors"]
+
+
+@pytest.mark.parametrize("key", ["rgba_upscale", "rgba_chain"])
+def test_rgba_image_keeps_its_alpha(result, key):
+    """LoadImage + JoinImageWithAlpha give a 4-channel IMAGE; both node paths return 4 channels, the
+    alpha resized with the image (a gradient: compared with PIL's bicubic resize of it)."""
+    run = result[key]
+    assert run["valid"] and run["success"], run
+    assert [size for _, size in run["saved"]] == [[434, 300]]
+    assert run["mode"] == "RGBA"
+    assert run["alpha_mean_abs_diff"] < 2.0, run
+
+
+@pytest.mark.parametrize("key,message", [
+    ("model_empty", "not a valid safetensors file"), ("model_text", "not a valid safetensors file"),
+    ("model_truncated", "not a valid safetensors file"), ("model_badjson", "badjson.safetensors: "),
+    ("model_wrongshape", "shape mismatch"), ("gen_to_upscale", "generation model"), ("sr_to_generate", "SR model")])
+def test_broken_or_wrong_model_files_are_readable_errors(result, key, message):
+    run = result[key]
+    assert run["valid"] and not run["success"], run
+    text = run["errors"][0]["exception_message"]
+    assert text.startswith("ArbScale: ") and message in text and "\n" not in text.strip(), text
+    assert not run["saved"]

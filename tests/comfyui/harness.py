@@ -5,6 +5,7 @@
 Used by tests/test_comfyui.py (one process per run: ComfyUI's registries are global).
 """
 import asyncio
+import hashlib
 import json
 import shutil
 import sys
@@ -21,7 +22,11 @@ import comfy.utils  # noqa: E402
 import execution  # noqa: E402
 import folder_paths  # noqa: E402
 import nodes  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 
 work = Path(work)
 (work / "input").mkdir(parents=True, exist_ok=True)
@@ -125,6 +130,78 @@ async def main():
         result[key]["progress"] = seen
     import psutil
     result["free_ram"] = psutil.virtual_memory().available
+
+    # Modes: detail samples (two seeds differ), fidelity is the default, an unknown mode is refused
+    # at validation.
+    def upscale_graph(**inputs):
+        graph = with_models(json.loads((api / "arbscale_upscale.json").read_text()))
+        graph["3"]["inputs"].update(inputs)
+        return graph
+
+    for key, inputs in {"mode_fidelity": dict(mode="fidelity", steps=0), "mode_detail_s0": dict(mode="detail", steps=2),
+                        "mode_detail_s1": dict(mode="detail", steps=2, seed=1),
+                        "mode_bad": dict(mode="sharp")}.items():
+        graph = upscale_graph(**inputs)
+        graph["4"]["inputs"]["filename_prefix"] = key
+        result[key] = await run_prompt(graph, key)
+        if result[key].get("saved"):
+            name = result[key]["saved"][0][0]
+            result[key]["mean"] = float(np.asarray(Image.open(work / "output" / name)).mean())
+            result[key]["pixels"] = hashlib.sha256(Image.open(work / "output" / name).tobytes()).hexdigest()
+
+    # An RGBA IMAGE (LoadImage's mask joined back as alpha) keeps its alpha through Upscale and
+    # through Encode -> Denoise -> Decode; a grey (1-channel) IMAGE stays grey.
+    rgba = Image.open(work / "input" / "building_lr.png").convert("RGBA")
+    alpha = Image.linear_gradient("L").resize(rgba.size)
+    rgba.putalpha(alpha)
+    rgba.save(work / "input" / "rgba.png")
+    for key, chain in {"rgba_upscale": "upscale", "rgba_chain": "chain"}.items():
+        graph = {"1": {"class_type": "LoadImage", "inputs": {"image": "rgba.png"}},
+                 "2": {"class_type": "JoinImageWithAlpha", "inputs": {"image": ["1", 0], "alpha": ["1", 1]}},
+                 "3": {"class_type": "ArbScaleLoadModel", "inputs": {"model_name": "test_sr.safetensors"}}}
+        if chain == "upscale":
+            graph["4"] = {"class_type": "ArbScaleUpscale", "inputs": {
+                "model": ["3", 0], "image": ["2", 0], "scale": 2.0, "width": 0, "height": 0, "steps": 2, "eta": 0.0,
+                "seed": 0, "chunk": 65536, "lr_consistency": True, "ensemble": "1", "mode": "fidelity"}}
+        else:
+            graph["5"] = {"class_type": "ArbScaleEncodeLR", "inputs": {"model": ["3", 0], "image": ["2", 0]}}
+            graph["6"] = {"class_type": "ArbScaleLatentDenoise", "inputs": {"latent": ["5", 0], "steps": 2, "eta": 0.0,
+                                                                            "seed": 0, "mode": "fidelity"}}
+            graph["4"] = {"class_type": "ArbScaleImplicitDecode", "inputs": {
+                "latent": ["6", 0], "scale": 2.0, "width": 0, "height": 0, "chunk": 65536, "lr_consistency": True}}
+        graph["9"] = {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": key}}
+        result[key] = await run_prompt(graph, key)
+        if result[key].get("saved"):
+            out = Image.open(work / "output" / result[key]["saved"][0][0])
+            big_alpha = alpha.resize(out.size, Image.BICUBIC)
+            diff = np.abs(np.asarray(out.getchannel("A"), dtype=float)
+                                           - np.asarray(big_alpha, dtype=float))
+            result[key].update(mode=out.mode, alpha_mean_abs_diff=float(diff.mean()))
+
+    # Broken model files in models/arbscale: each a readable error naming the problem, nothing saved.
+    good = (work / "models" / "test_sr.safetensors").read_bytes()
+    tensors = load_file(str(work / "models" / "test_sr.safetensors"))
+    broken = {"empty.safetensors": b"", "text.safetensors": b"hello, this is a text file\n",
+              "truncated.safetensors": good[: len(good) // 2]}
+    for name, data in broken.items():
+        (work / "models" / name).write_bytes(data)
+    save_file(tensors, str(work / "models" / "badjson.safetensors"), metadata={"format": "arbscale", "config": "{not json"})
+    first = sorted(tensors)[0]
+    wrong = dict(tensors, **{first: torch.zeros(3, 1)})
+    with safe_open(str(work / "models" / "test_sr.safetensors"), "pt") as fh:
+        meta = fh.metadata()
+    save_file(wrong, str(work / "models" / "wrongshape.safetensors"), metadata=meta)
+    for name in [*broken, "badjson.safetensors", "wrongshape.safetensors"]:
+        graph = with_models(json.loads((api / "arbscale_upscale.json").read_text()))
+        graph["2"]["inputs"]["model_name"] = name
+        result[f"model_{name.split('.')[0]}"] = await run_prompt(graph, f"model_{name}")
+    # The wrong kind of model: a generation model to upscale, an SR model to generate.
+    graph = with_models(json.loads((api / "arbscale_upscale.json").read_text()))
+    graph["2"]["inputs"]["model_name"] = "test_gen.safetensors"
+    result["gen_to_upscale"] = await run_prompt(graph, "gen_to_upscale")
+    graph = with_models(json.loads((api / "arbscale_generate_texture.json").read_text()))
+    graph["1"]["inputs"]["model_name"] = "test_sr.safetensors"
+    result["sr_to_generate"] = await run_prompt(graph, "sr_to_generate")
 
     # Interrupt: the progress hook asks for an interrupt at the first denoise step.
     progress = []
