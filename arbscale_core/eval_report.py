@@ -122,30 +122,38 @@ def consistency_plot(summary: dict, scales, methods, path: Path) -> None:
 
 def perception_distortion_plot(summary: dict, scales, methods, path: Path,
                                metrics: tuple[str, ...] = ("vif", "ms_ssim", "hf_ratio")) -> None:
-    """One panel per perceptual metric: PSNR (distortion, x) against it (y), a point per method and
-    scale, each method's points joined in scale order and labelled with the scale."""
+    """Perception-distortion planes (Blau & Michaeli 2018): a row per perceptual metric, a column per
+    scale; in each, a point per method at its mean (PSNR, metric). Intervals are in the report's
+    tables (across images they are wide: they measure how images differ, not methods)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        for k, method in enumerate(methods):
-            pts = [(s, summary[(s, method)]) for s in scales
-                   if {"psnr_rgb", metric} <= set(summary.get((s, method), {}))]
-            if not pts:
-                continue
-            xs, ys = [p[1]["psnr_rgb"][0] for p in pts], [p[1][metric][0] for p in pts]
-            ax.plot(xs, ys, marker="o", color=f"C{k}", label=method, lw=1)
-            for (s, _), x, y in zip(pts, xs, ys):
-                ax.annotate(f"x{s:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points", color=f"C{k}")
-        ax.set_xlabel("PSNR (dB, RGB) - higher: less distortion")
-        ax.set_ylabel(LABELS[metric] + (" (1 = as detailed as the truth)" if metric == "hf_ratio" else ""))
-        if metric == "hf_ratio":
-            ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        ax.set_title(f"Perception-distortion: {LABELS[metric]} vs PSNR")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
+    fig, axes = plt.subplots(len(metrics), len(scales), figsize=(3.4 * len(scales) + 0.6, 3.0 * len(metrics)),
+                             squeeze=False)
+    for r, metric in enumerate(metrics):
+        for c, scale in enumerate(scales):
+            ax = axes[r][c]
+            for k, method in enumerate(methods):
+                st = summary.get((scale, method), {})
+                if "psnr_rgb" not in st or metric not in st:
+                    continue
+                ax.plot([st["psnr_rgb"][0]], [st[metric][0]], marker="os^vDP*X"[k % 8], color=f"C{k}", ms=7,
+                        ls="none", label=method)
+            if metric == "hf_ratio":  # log scale: the methods sit far below the truth's 1
+                ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+                ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=7)
+            if r == 0:
+                ax.set_title(f"x{scale:g}")
+            if r == len(metrics) - 1:
+                ax.set_xlabel("PSNR (dB): less distortion ->", fontsize=8)
+            if c == 0:
+                ax.set_ylabel(LABELS[metric] + (" (truth: 1)" if metric == "hf_ratio" else " (higher: better)"),
+                              fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
 
