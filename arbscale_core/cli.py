@@ -325,7 +325,8 @@ def _upscale_one(model, path: Path, target: Path, scale, size, args, dtype) -> t
     bar.close()
     alpha = BandResize(src.alpha, h, w) if fmt.alpha else None
     _decode_to_file(model, latent, h, w, target, fmt, args, dtype, f"{path.name}: decode {w}x{h}",
-                    guide=sr_guide(model, src.rgb, cond, consistency=args.consistency), alpha=alpha)
+                    guide=sr_guide(model, src.rgb, cond, consistency=args.consistency,
+                                   detail=getattr(args, "mode", "fidelity") == "detail"), alpha=alpha)
     return h, w
 
 
@@ -374,7 +375,7 @@ def _upscale_ensemble_to_file(model, src, h: int, w: int, target: Path, fmt, arg
     bar = _progress_bar(args.steps * args.ensemble, f"{name}: denoise x{args.ensemble}")
     out = upscale_tensor(model, src.rgb, h, w, steps=args.steps, eta=args.eta, seed=args.seed, chunk=args.chunk,
                          dtype=dtype, callback=lambda i, n, x0: bar.update(1), consistency=args.consistency,
-                         ensemble=args.ensemble, tile=args.tile)
+                         ensemble=args.ensemble, tile=args.tile, detail=getattr(args, "mode", "fidelity") == "detail")
     bar.close()
     alpha = resize_alpha(src.alpha, h, w) if fmt.alpha else None
     try:

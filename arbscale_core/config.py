@@ -75,6 +75,10 @@ class ModelConfig:
     # decoder with encoder features, and LIIF-style regressions' residual over bicubic).
     lr_features: int = 0
     lr_blocks: int = 4
+    # A second LR-reading decoder head (SR, needs lr_features) for the "detail" sampling mode: trained
+    # on true latents (the HR image's own), so it renders what a sampled latent holds, where the
+    # default head, trained on the U-Net's few-step estimate, regresses to the mean (fidelity mode).
+    detail_head: bool = False
 
     def __post_init__(self):
         if self.version != CONFIG_VERSION:
@@ -96,6 +100,8 @@ class ModelConfig:
         if self.lr_features and self.anchor:
             raise ValueError("config anchor and lr_features exclude each other: the anchor's decode of the "
                              "condition would read the LR image too and cancel what it adds")
+        if self.detail_head and not self.lr_features:
+            raise ValueError("config detail_head is a second LR-reading decoder head: it needs lr_features > 0")
         if not (self.cond_scale > 0):
             raise ValueError(f"config cond_scale must be positive, got {self.cond_scale}")
 

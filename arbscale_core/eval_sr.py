@@ -65,18 +65,18 @@ def diversity(samples: list[np.ndarray]) -> float:
 
 
 def ours_latent(model: ArbScaleModel, lr: np.ndarray, steps: int, eta: float, seed: int, consistency: bool = True,
-                ) -> tuple[torch.Tensor, SRGuide | None]:
+                detail: bool = False) -> tuple[torch.Tensor, SRGuide | None]:
     """(denoised latent, guide or None) for an LR uint8 [h,w,3]: decode both with decode_uint8."""
     x = from_uint8(lr)
     cond = encode_condition(model, x)
-    return denoise(model, cond, steps=steps, eta=eta, seed=seed), sr_guide(model, x, cond, consistency)
+    return denoise(model, cond, steps=steps, eta=eta, seed=seed), sr_guide(model, x, cond, consistency, detail)
 
 
 def ours_ensemble(model: ArbScaleModel, lr: np.ndarray, height: int, width: int, opts: SREvalOptions,
-                  steps: int, eta: float, seed: int) -> np.ndarray:
+                  steps: int, eta: float, seed: int, detail: bool = False) -> np.ndarray:
     """uint8 [height,width,3] from ``upscale_tensor`` with opts.ensemble members."""
     out = upscale_tensor(model, from_uint8(lr), height, width, steps=steps, eta=eta, seed=seed,
-                         consistency=opts.consistency, ensemble=opts.ensemble)
+                         consistency=opts.consistency, ensemble=opts.ensemble, detail=detail)
     return to_uint8(out * 2 - 1)[0]
 
 
@@ -112,12 +112,13 @@ def evaluate_image(model: ArbScaleModel, hr_full: np.ndarray, scale: float, opts
         method, samples, first = ours_method(mode), [], len(rows)
         for seed in range(opts.seeds):
             if opts.ensemble == 1:
-                latent, guide = ours_latent(model, lr, steps, eta, seed, opts.consistency)
+                latent, guide = ours_latent(model, lr, steps, eta, seed, opts.consistency, mode == "detail")
                 out = decode_uint8(model, latent, h, w, guide=guide)[0]
                 out2x = decode_uint8(model, latent, 2 * h, 2 * w, guide=guide)[0] if seed == 0 else None
             else:
-                out = ours_ensemble(model, lr, h, w, opts, steps, eta, seed)
-                out2x = ours_ensemble(model, lr, 2 * h, 2 * w, opts, steps, eta, seed) if seed == 0 else None
+                detail = mode == "detail"
+                out = ours_ensemble(model, lr, h, w, opts, steps, eta, seed, detail)
+                out2x = ours_ensemble(model, lr, 2 * h, 2 * w, opts, steps, eta, seed, detail) if seed == 0 else None
             rows.append({"method": method, "seed": seed, **metrics(out, out2x)})
             samples.append(out)
             if seed == 0:

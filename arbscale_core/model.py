@@ -26,6 +26,9 @@ class ArbScaleModel(nn.Module):
         self.feature_decoder = FeatureDecoder(config)
         self.implicit = ImplicitDecoder(config)
         self.lr_encoder = LREncoder(config) if config.lr_features else None
+        # the detail mode's decoder head (config.detail_head): its own LR encoder and MLP
+        self.detail_lr_encoder = LREncoder(config) if config.detail_head else None
+        self.detail_implicit = ImplicitDecoder(config) if config.detail_head else None
         self.unet = UNet(config)
         self.register_buffer("abar", alphas_cumprod(config).float(), persistent=False)
 
@@ -51,33 +54,45 @@ class ArbScaleModel(nn.Module):
         """Whether decoding needs the LR image as well as the latent (``config.lr_features``)."""
         return self.lr_encoder is not None
 
-    def lr_features(self, lr: torch.Tensor | None, latent_hw: tuple[int, int]) -> torch.Tensor | None:
+    def head(self, detail: bool = False) -> tuple[ImplicitDecoder, LREncoder | None]:
+        """(MLP, LR encoder) of the default decoder head, or of the detail head when ``detail`` and
+        the model has one (models without a detail head decode every mode with their one head)."""
+        if detail and self.detail_implicit is not None:
+            return self.detail_implicit, self.detail_lr_encoder
+        return self.implicit, self.lr_encoder
+
+    def lr_features(self, lr: torch.Tensor | None, latent_hw: tuple[int, int],
+                    detail: bool = False) -> torch.Tensor | None:
         """LR image [B,3,h,w] in -1..1 -> its features on the latent grid (None if not read)."""
-        if self.lr_encoder is None:
+        encoder = self.head(detail)[1]
+        if encoder is None:
             return None
         if lr is None:
             raise ValueError("this SR model's decoder reads the LR image: pass it (lr=) with the latent")
         if tuple(lr.shape[-2:]) != tuple(latent_hw):
             lr = resize(lr, *latent_hw).clamp(-1, 1)
-        return self.lr_encoder(lr)
+        return encoder(lr)
 
-    def first_layer_map(self, latent: torch.Tensor, lr: torch.Tensor | None = None) -> torch.Tensor:
+    def first_layer_map(self, latent: torch.Tensor, lr: torch.Tensor | None = None,
+                        detail: bool = False) -> torch.Tensor:
         """scaled latent [B,C,h,w] (and the LR image [B,3,*,*] in -1..1 for LR-reading decoders) ->
-        the MLP's per-cell first-layer term [B,hidden,h,w]."""
+        the MLP's per-cell first-layer term [B,hidden,h,w] (of the detail head with ``detail``)."""
         features = self.feature_decoder(latent / self.config.latent_scale)
-        return self.implicit.first_layer_map(features, self.lr_features(lr, latent.shape[-2:]))
+        return self.head(detail)[0].first_layer_map(features, self.lr_features(lr, latent.shape[-2:], detail))
 
     def decode_bands(self, latent: torch.Tensor, height: int, width: int, chunk: int = 65536,
                      autocast_dtype: torch.dtype | None = None, start_row: int = 0,
-                     lr: torch.Tensor | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
+                     lr: torch.Tensor | None = None, detail: bool = False) -> Iterator[tuple[int, int, torch.Tensor]]:
         """Yield (y0, y1, rgb [B,3,y1-y0,width] in about -1..1) for an output of height x width."""
-        first = self.first_layer_map(latent, lr)
-        yield from decode_bands(self.implicit, first, height, width, chunk, autocast_dtype, start_row)
+        first = self.first_layer_map(latent, lr, detail)
+        yield from decode_bands(self.head(detail)[0], first, height, width, chunk, autocast_dtype, start_row)
 
     def decode(self, latent: torch.Tensor, height: int, width: int, chunk: int = 65536,
-               autocast_dtype: torch.dtype | None = None, lr: torch.Tensor | None = None) -> torch.Tensor:
+               autocast_dtype: torch.dtype | None = None, lr: torch.Tensor | None = None,
+               detail: bool = False) -> torch.Tensor:
         """scaled latent -> image [B,3,height,width] in about -1..1 (assembled in memory)."""
-        bands = [rgb for _, _, rgb in self.decode_bands(latent, height, width, chunk, autocast_dtype, lr=lr)]
+        bands = [rgb for _, _, rgb in self.decode_bands(latent, height, width, chunk, autocast_dtype, lr=lr,
+                                                        detail=detail)]
         return torch.cat(bands, dim=2)
 
     def to_diffusion(self, latent: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
@@ -103,6 +118,8 @@ def parameter_counts(model: ArbScaleModel) -> dict[str, int]:
              "implicit_decoder": model.implicit, "unet": model.unet}
     if model.lr_encoder is not None:
         parts["lr_encoder"] = model.lr_encoder
+    if model.detail_implicit is not None:
+        parts["detail_head"] = nn.ModuleList([model.detail_implicit, model.detail_lr_encoder])
     counts = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
     counts["total"] = sum(counts.values())
     return counts

@@ -144,7 +144,8 @@ def default_steps(model: ArbScaleModel) -> int:
 # Named sampling modes of an SR model. fidelity: the model's default steps (1 for the bundled one),
 # eta 0, deterministic: the best PSNR. detail: DDIM with eta > 0 over several steps, so each seed
 # samples its own plausible detail (sharper, less faithful; see the model card for what it wins and
-# loses). A model file may name its own detail settings ("detail_steps", "detail_eta").
+# loses), decoded by the model's detail head when it has one (config.detail_head). A model file
+# may name its own detail settings ("detail_steps", "detail_eta").
 MODES = ("fidelity", "detail")
 DETAIL_STEPS = 10
 DETAIL_ETA = 1.0
@@ -206,10 +207,12 @@ class SRGuide:
     anchor: the autoencoder's error on the condition image [B,3,ch,cw] (-1..1 units), added to the
     output, or None (see ``condition_anchor``). lr: the LR input [B,3,h,w] in -1..1, or None: what
     LR-reading decoders read (``config.lr_features``) and, with ``consistency``, what decoding
-    projects the output onto consistency with (``lr_correction``)."""
+    projects the output onto consistency with (``lr_correction``). detail: decode with the model's
+    detail head (``config.detail_head``; the "detail" mode), if it has one."""
     anchor: torch.Tensor | None = None
     lr: torch.Tensor | None = None
     consistency: bool = True
+    detail: bool = False
 
     @property
     def projects(self) -> bool:
@@ -217,14 +220,14 @@ class SRGuide:
 
 
 def sr_guide(model: ArbScaleModel, image: torch.Tensor, cond: torch.Tensor,
-             consistency: bool = True) -> SRGuide | None:
+             consistency: bool = True, detail: bool = False) -> SRGuide | None:
     """The SRGuide for an LR image [B,3,h,w] in 0..1 and its condition latent; None for
     generation models."""
     if model.config.task != "sr":
         return None
     anchor = condition_anchor(model, image, cond)
     lr = image.to(anchor.device if anchor is not None else cond.device, torch.float32) * 2 - 1
-    return SRGuide(anchor=anchor, lr=lr, consistency=consistency)
+    return SRGuide(anchor=anchor, lr=lr, consistency=consistency, detail=detail)
 
 
 @torch.no_grad()
@@ -297,7 +300,7 @@ def _low_res_terms(model: ArbScaleModel, guide: SRGuide | None) -> list[torch.Te
 
 def _raw_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width: int, chunk: int,
                dtype: torch.dtype | None, start_row: int, min_chunk: int, added: list[torch.Tensor],
-               lr: torch.Tensor | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
+               lr: torch.Tensor | None = None, detail: bool = False) -> Iterator[tuple[int, int, torch.Tensor]]:
     """(y0, y1, float32 band in -1..1, not clamped) with the low-res images ``added`` resized and
     added; LR-reading decoders read ``lr`` (the LR image, -1..1; other models ignore it). On
     out-of-memory the chunk halves down to ``min_chunk``; decoding resumes at the first row not yet
@@ -309,7 +312,7 @@ def _raw_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width: i
     done = start_row
     while True:
         try:
-            for y0, y1, band in model.decode_bands(latent, height, width, chunk, dtype, done, lr=lr):
+            for y0, y1, band in model.decode_bands(latent, height, width, chunk, dtype, done, lr=lr, detail=detail):
                 band = band.float()
                 for extra in low_res:
                     band = band + extra.band(y0, y1)
@@ -354,7 +357,7 @@ def lr_correction(model: ArbScaleModel, latent: torch.Tensor, height: int, width
     bands = []
     measured = torch.zeros_like(lr)
     for y0, y1, band in _raw_bands(model, latent, ph, pw, chunk, dtype, 0, min_chunk,
-                                   _low_res_terms(model, guide), lr):
+                                   _low_res_terms(model, guide), lr, guide.detail):
         band = band.clamp(-1, 1)  # what the output holds
         measured += down_rows[:, y0:y1] @ band @ down_cols_t
         if keep:
@@ -402,7 +405,7 @@ def decode_bands(model: ArbScaleModel, latent: torch.Tensor, height: int, width:
             return
         added.append(correction)
     for y0, y1, band in _raw_bands(model, latent, height, width, chunk, dtype, start_row, min_chunk, added,
-                                   guide.lr if guide is not None else None):
+                                   guide.lr if guide is not None else None, guide is not None and guide.detail):
         yield y0, y1, ((band + 1) / 2).clamp(0, 1)
         if progress:
             progress(measure_rows + y1, measure_rows + height)
@@ -478,17 +481,18 @@ def upscale_tensor(model: ArbScaleModel, image: torch.Tensor, height: int, width
                    steps: int | None = None, eta: float = DEFAULT_ETA, seed: int = 0,
                    chunk: int = DEFAULT_CHUNK, dtype: torch.dtype | None = None,
                    callback: Callback | None = None, consistency: bool = True, ensemble: int = 1,
-                   tile: int = DEFAULT_TILE) -> torch.Tensor:
+                   tile: int = DEFAULT_TILE, detail: bool = False) -> torch.Tensor:
     """image [B,3,h,w] in 0..1 -> [B,3,height,width] in 0..1. ``consistency``: correct the output
     so that brought back to the LR size it gives the input (``lr_correction``). ``ensemble`` (1, 2, 4
     or 8): average that many runs on flipped / transposed copies of the input (geometric
-    self-ensemble: higher PSNR for that many times the work; the output is assembled in memory)."""
+    self-ensemble: higher PSNR for that many times the work; the output is assembled in memory).
+    ``detail``: decode with the model's detail head (see SRGuide)."""
     check_chunk(chunk)
 
     def run(k: int, x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
         cond = encode_condition(model, x)
         latent = denoise(model, cond, steps=steps, eta=eta, seed=seed, dtype=dtype, callback=callback, tile=tile)
-        return decode(model, latent, th, tw, chunk, dtype, guide=sr_guide(model, x, cond, consistency))
+        return decode(model, latent, th, tw, chunk, dtype, guide=sr_guide(model, x, cond, consistency, detail))
 
     return ensemble_average(run, image, height, width, ensemble)
 
@@ -503,6 +507,7 @@ def upscale(model: ArbScaleModel, image: torch.Tensor, scale: float | None = Non
     if model.config.task != "sr":
         raise ValueError("this model is a generation model; upscaling needs an SR model")
     kwargs["steps"], kwargs["eta"] = mode_sampling(model, mode, kwargs.get("steps"), kwargs.get("eta"))
+    kwargs.setdefault("detail", mode == "detail")
     check_image(image)
     height, width = output_size(*image.shape[-2:], scale=scale, size=size)
     channels = image.shape[1]

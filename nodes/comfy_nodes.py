@@ -178,7 +178,8 @@ class ArbScaleLatentDenoise(io.ComfyNode):
         model, device = _on_device(latent.model)
         steps, eta = logic.resolve_sampling(model, mode, steps, eta)
         try:
-            out = logic.run_denoise(latent, steps, eta, seed, _Progress(steps).hooks(), autocast_dtype(device))
+            out = logic.run_denoise(latent, steps, eta, seed, _Progress(steps).hooks(), autocast_dtype(device),
+                                    detail=mode == "detail")
         finally:
             _offload(model)
         out.latent = out.latent.cpu()
@@ -240,7 +241,7 @@ class ArbScaleUpscale(io.ComfyNode):
         try:
             image_out = logic.run_upscale(model, image, h, w, steps, eta, seed, chunk, progress.hooks(),
                                           autocast_dtype(device), consistency=lr_consistency,
-                                          ensemble=int(ensemble))
+                                          ensemble=int(ensemble), detail=mode == "detail")
         finally:
             _offload(model)
         return io.NodeOutput(image_out, ui={"arbscale_size": [f"{w}x{h}"]})

@@ -123,7 +123,9 @@ def resolve_sampling(model: ArbScaleModel, mode: str, steps: int, eta: float) ->
 
 
 def run_denoise(src: ArbLatent, steps: int, eta: float, seed: int, hooks: Hooks | None = None,
-                dtype: torch.dtype | None = None) -> ArbLatent:
+                dtype: torch.dtype | None = None, detail: bool = False) -> ArbLatent:
+    """DDIM on an encoded (or empty) latent; ``detail``: its decode uses the model's detail head (the
+    "detail" mode, see pipeline.SRGuide)."""
     hooks = hooks or Hooks()
     if steps < 0:
         raise ValueError(f"ArbScale: steps must be at least 1 (or 0 for the model's default), got {steps}")
@@ -139,7 +141,8 @@ def run_denoise(src: ArbLatent, steps: int, eta: float, seed: int, hooks: Hooks 
     hooks.check_interrupt()
     latent = denoise(src.model, src.cond, src.latent_shape, steps=steps, eta=eta, seed=seed, dtype=dtype,
                      callback=callback)
-    return ArbLatent(model=src.model, source_hw=src.source_hw, cond=src.cond, guide=src.guide, latent=latent,
+    guide = dataclasses.replace(src.guide, detail=detail) if src.guide is not None else None
+    return ArbLatent(model=src.model, source_hw=src.source_hw, cond=src.cond, guide=guide, latent=latent,
                      latent_shape=tuple(latent.shape), info={"steps": steps, "eta": eta, "seed": seed},
                      alpha=src.alpha)
 
@@ -221,7 +224,7 @@ def run_decode(src: ArbLatent, height: int, width: int, chunk: int, hooks: Hooks
 
 def run_upscale(model: ArbScaleModel, image: torch.Tensor, height: int, width: int, steps: int, eta: float,
                 seed: int, chunk: int, hooks: Hooks | None = None, dtype: torch.dtype | None = None,
-                consistency: bool = True, ensemble: int = 1) -> torch.Tensor:
+                consistency: bool = True, ensemble: int = 1, detail: bool = False) -> torch.Tensor:
     """IMAGE [B,h,w,C] -> IMAGE [B,height,width,C]: encode, denoise, decode, for each of ``ensemble``
     flipped/transposed copies (geometric self-ensemble), averaged. C 4: alpha resized along; C 1:
     returned grey. hooks.progress runs over all of it (each member: its steps, then its decoded
@@ -237,7 +240,7 @@ def run_upscale(model: ArbScaleModel, image: torch.Tensor, height: int, width: i
     def run(k: int, x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
         denoised = run_denoise(encode_lr(model, bchw_to_image(x)), steps, eta, seed, Hooks(
             progress=lambda i, n: hooks.progress(k * span + i, ensemble * span),
-            check_interrupt=hooks.check_interrupt), dtype)
+            check_interrupt=hooks.check_interrupt), dtype, detail)
         out = run_decode(denoised, th, tw, chunk, Hooks(
             progress=lambda done, rows: hooks.progress(k * span + steps + done * height // rows, ensemble * span),
             check_interrupt=hooks.check_interrupt), dtype, consistency=consistency)

@@ -126,9 +126,9 @@ def test_decode_halves_chunk_on_oom(sr_model, monkeypatch, caplog):
     real = sr_model.decode_bands
     chunks = []
 
-    def flaky(latent, h, w, chunk, dtype, start_row=0, lr=None):
+    def flaky(latent, h, w, chunk, dtype, start_row=0, lr=None, detail=False):
         chunks.append((chunk, start_row))
-        for i, band in enumerate(real(latent, h, w, chunk, dtype, start_row, lr=lr)):
+        for i, band in enumerate(real(latent, h, w, chunk, dtype, start_row, lr=lr, detail=detail)):
             if chunk > 400 and i == 1:
                 raise torch.cuda.OutOfMemoryError("simulated")
             yield band

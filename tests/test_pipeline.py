@@ -316,3 +316,30 @@ def test_upscale_modes(sr_model):
     assert torch.allclose(detail[0], same)
     explicit = upscale(sr_model, img, 2.0, mode="detail", steps=2, eta=0.0, seed=0)
     assert torch.allclose(explicit, upscale_tensor(sr_model, img, 24, 20, steps=2, eta=0.0, seed=0))
+
+
+def test_detail_head_decodes_the_detail_mode(sr_model):
+    """A model with a detail head (config.detail_head) decodes the detail mode with it and the
+    fidelity mode with its default head; without one, both modes use the one head."""
+    from arbscale_core.model import ArbScaleModel
+    from arbscale_core.pipeline import DETAIL_ETA, DETAIL_STEPS, upscale_tensor
+
+    base = _lr_reading(sr_model)
+    with pytest.raises(ValueError, match="detail_head .* needs lr_features"):
+        sr_model.config.replace(detail_head=True)
+    model = ArbScaleModel(base.config.replace(detail_head=True)).eval()
+    state = base.state_dict()
+    state.update({f"detail_{k}": v.clone() for k, v in state.items() if k.startswith(("lr_encoder.", "implicit."))})
+    model.load_state_dict(state)
+    img = torch.rand(1, 3, 6, 9, generator=torch.Generator().manual_seed(2))
+    # a detail head that is a copy of the default one decodes the same pixels
+    torch.testing.assert_close(upscale(model, img, 2.0, mode="detail", seed=3),
+                               upscale(base, img, 2.0, mode="detail", seed=3))
+    with torch.no_grad():
+        torch.nn.init.normal_(model.detail_implicit.mlp[-1].weight, std=0.5)
+    fidelity = upscale(model, img, 2.0)
+    torch.testing.assert_close(fidelity, upscale(base, img, 2.0))  # the default head is untouched
+    detail = upscale(model, img, 2.0, mode="detail", seed=3)
+    assert (detail - upscale(base, img, 2.0, mode="detail", seed=3)).abs().max() > 1e-3
+    same = upscale_tensor(model, img, 12, 18, steps=DETAIL_STEPS, eta=DETAIL_ETA, seed=3, detail=True)
+    torch.testing.assert_close(detail, same)

@@ -304,6 +304,38 @@ def test_decoder_stage_trains_an_lr_reading_decoder(tmp_path, image_dirs):
         Trainer(args_for("decoder", tmp_path / "dec_gen", image_dirs, init=str(gen), task="gen"))
 
 
+def test_decoder_stage_trains_a_detail_head(tmp_path, image_dirs):
+    """--detail-head: a copy of the init's LR-reading decoder is added and trained alone on true
+    latents; everything else, the default head included, stays as it was, so the fidelity mode
+    decodes exactly as the init did, and the file records the detail mode's settings."""
+    ae = train(args_for("autoencoder", tmp_path / "ae", image_dirs, steps=1))
+    sr = train(args_for("diffusion", tmp_path / "sr", image_dirs, init=str(ae), steps=1))
+    dec = train(args_for("decoder", tmp_path / "dec", image_dirs, init=str(sr), steps=2, lr_scale_range=(2.0, 4.0),
+                         config=dict(lr_features=6, lr_blocks=1), default_steps=1))
+    with pytest.raises(ValueError, match="needs an LR-reading|must have lr_features"):
+        Trainer(args_for("decoder", tmp_path / "bad", image_dirs, init=str(sr), detail_head=True))
+    args = args_for("decoder", tmp_path / "det", image_dirs, init=str(dec), steps=3, lr_scale_range=(2.0, 6.0),
+                    detail_head=True, detail_steps=3, detail_eta=0.5, val=str(image_dirs / "val"))
+    trainer = Trainer(args)
+    trained = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trained and all(n.startswith(("detail_implicit.", "detail_lr_encoder.")) for n in trained)
+    del trainer
+    out = load_model(train(args))
+    init = load_model(dec)
+    assert out.config.detail_head and out.training_info["detail_steps"] == 3
+    for k, v in init.state_dict().items():
+        torch.testing.assert_close(out.state_dict()[k], v)  # every part the init had is unchanged
+    moved = sum(float((out.state_dict()[f"detail_{k}"] - v).abs().sum()) for k, v in init.state_dict().items()
+                if k.startswith(("implicit.", "lr_encoder.")))
+    assert moved > 0
+    from arbscale_core.pipeline import mode_sampling
+
+    assert mode_sampling(out, "detail") == (3, 0.5)
+    img = torch.rand(1, 3, 7, 8)
+    torch.testing.assert_close(upscale(out, img, scale=2.0), upscale(init, img, scale=2.0))
+    assert "val_sr_x4_psnr" in (tmp_path / "det" / "log.csv").read_text()
+
+
 def test_decoder_stage_ddp_matches_single_process(tmp_path, image_dirs):
     """The decoder stage under torchrun (2 ranks) lands where one process with the same global
     batch does: its random draws (scale, noise, queries) are shared, each rank keeps its slice."""

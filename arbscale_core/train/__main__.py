@@ -38,6 +38,9 @@ def parse(argv: list[str] | None = None) -> TrainArgs:
                    help="override a preset field (JSON value), e.g. --config unet_channels=32")
     p.add_argument("--tune-decoder", action="store_true",
                    help="align: also train the feature and implicit decoders (the paper keeps them frozen)")
+    p.add_argument("--detail-head", action="store_true",
+                   help="decoder stage: add a detail head (a copy of --init's LR-reading decoder) and train only it, "
+                        "on true latents, for the detail mode")
     p.add_argument("--anchor", action="store_true",
                    help="SR: decode adds back the autoencoder's error on the condition image (config anchor)")
     p.add_argument("--save-dtype", default="float32", choices=("float32", "float16", "bfloat16"))

@@ -228,6 +228,8 @@ class DecoderLoss(StageLoss):
         self.register_buffer("abar", alphas_cumprod(model.config), persistent=False)
 
     def trainable(self):
+        if self.opts.get("detail_head"):  # the default head, feature decoder and U-Net stay as they are
+            return [self.model.detail_implicit, self.model.detail_lr_encoder]
         parts = [self.model.implicit]
         if self.model.lr_encoder is not None:
             parts.append(self.model.lr_encoder)
@@ -242,20 +244,25 @@ class DecoderLoss(StageLoss):
         u = torch.rand(1, generator=self.gen)
         side = max(2, round(p / (lo + (hi - lo) * float(u))))
         lr = resize(images, side, side).clamp(-1, 1)
+        detail = bool(self.opts.get("detail_head"))
+        frac = 1.0 if detail else self.opts.get("hr_latent_frac", 0.0)
         with torch.no_grad():
             cond_images = resize(lr, *m.condition_size(side, side)).clamp(-1, 1)
             cond = m.encode(cond_images)
             noise = self.local(torch.randn((images.shape[0] * self.world, *cond.shape[1:]), generator=self.gen))
-            x = sample_ddim(lambda x_t, t: m.eps(x_t, t, cond), noise.to(cond.device), self.abar,
-                            steps=self.opts.get("sample_steps", 1))
-            latent = m.from_diffusion(x, cond)
-            # hr_latent_frac: that share of the batch decodes the true latent instead (the HR crop
-            # resized to the condition size and encoded: what the diffusion model learns to sample),
-            # so one decoder renders sampled detail as it is (sampling modes) and regresses from the
-            # smooth few-step estimate (the 1-step mode); it tells them apart by the latent itself.
-            frac = self.opts.get("hr_latent_frac", 0.0)
-            use_true = self.local(torch.rand(images.shape[0] * self.world, generator=self.gen) < frac)
-            if frac and bool(use_true.any()):
+        with torch.no_grad():
+            if frac >= 1.0:  # true latents only (the detail head): no sampling needed
+                latent = m.encode(resize(images, *cond_images.shape[-2:]).clamp(-1, 1))
+            else:
+                x = sample_ddim(lambda x_t, t: m.eps(x_t, t, cond), noise.to(cond.device), self.abar,
+                                steps=self.opts.get("sample_steps", 1))
+                latent = m.from_diffusion(x, cond)
+            # hr_latent_frac: that share of the batch decodes the true latent (the HR crop resized to
+            # the condition size and encoded: what the diffusion model learns to sample) instead of
+            # the few-step estimate. The detail head trains on true latents only, so it renders what
+            # a sampled latent holds; one head trained on both (0 < frac < 1) lost fidelity (model card).
+            if 0 < frac < 1:
+                use_true = self.local(torch.rand(images.shape[0] * self.world, generator=self.gen) < frac)
                 true_latent = m.encode(resize(images, *cond_images.shape[-2:]).clamp(-1, 1))
                 latent = torch.where(use_true.to(latent.device).view(-1, 1, 1, 1), true_latent, latent)
         h, w = latent.shape[-2:]
@@ -263,7 +270,7 @@ class DecoderLoss(StageLoss):
         rows = torch.randperm(p, generator=self.gen)[:q].sort().values
         cols = torch.randperm(p, generator=self.gen)[:q].sort().values
         ys, xs = make_coord(p, h)[rows].to(images.device), make_coord(p, w)[cols].to(images.device)
-        pred = m.implicit.query(m.first_layer_map(latent, lr), ys, xs, (h / p, w / p))
+        pred = m.head(detail)[0].query(m.first_layer_map(latent, lr, detail), ys, xs, (h / p, w / p))
         if m.reads_lr:  # the decoder's output is a residual over the resized LR image
             pred = pred + resize(lr, p, p)[:, :, rows][:, :, :, cols]
         loss = F.l1_loss(pred, images[:, :, rows][:, :, :, cols])
@@ -298,9 +305,11 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((10 * torch.log10(255.0 ** 2 / mse)).mean())
 
 
-def validation_psnr(model: ArbScaleModel, val: torch.Tensor, stage: str, steps: int = 10) -> dict[str, float]:
-    """Stage 1: reconstruction PSNR at the native scale. Stages 2-3 (SR): x4 PSNR of DDIM output
-    vs bicubic. Generation models: the eps loss on the validation crops."""
+def validation_psnr(model: ArbScaleModel, val: torch.Tensor, stage: str, steps: int = 10,
+                    detail: bool = False) -> dict[str, float]:
+    """Stage 1: reconstruction PSNR at the native scale. Stages 2-4 (SR): x4 PSNR of DDIM output
+    vs bicubic (``detail``: the detail mode's, eta 1, detail head). Generation models: the eps loss
+    on the validation crops."""
     model.eval()
     p = val.shape[-1]
     out = {}
@@ -314,7 +323,8 @@ def validation_psnr(model: ArbScaleModel, val: torch.Tensor, stage: str, steps: 
             from ..pipeline import upscale_tensor
 
             lr = resize(val, p // 4, p // 4).clamp(-1, 1)
-            sr = upscale_tensor(model, (lr + 1) / 2, p, p, steps=steps, seed=0) * 2 - 1
+            sr = upscale_tensor(model, (lr + 1) / 2, p, p, steps=steps, seed=0, eta=1.0 if detail else 0.0,
+                                detail=detail) * 2 - 1
             out["val_sr_x4_psnr"] = psnr(sr.to(val.device), val)
             out["val_bicubic_x4_psnr"] = psnr(resize(lr, p, p), val)
         else:

@@ -65,6 +65,7 @@ class TrainArgs:
     tune_decoder: bool = False  # align: also train the feature + implicit decoder (paper: frozen)
     decoder_init: str | None = None  # decoder stage: take the decoders from this model file
     hr_latent_frac: float = 0.0  # decoder stage: share of the batch decoding true latents, not estimates
+    detail_head: bool = False    # decoder stage: add and train the detail head (on true latents) only
     detail_steps: int = 0        # recorded in the exported file: its "detail" mode's DDIM steps (0: none)
     detail_eta: float = 0.0      # ... and that mode's eta
     anchor: bool = False        # SR: set config.anchor (decode adds back the condition's AE error)
@@ -106,7 +107,8 @@ def build_model(args: TrainArgs, images: ImageSet | None = None) -> ArbScaleMode
         if lr_features <= 0:
             raise ValueError("the decoder stage trains an LR-reading decoder: lr_features must be > 0")
         model = ArbScaleModel(init.config.replace(
-            anchor=False, lr_features=lr_features, lr_blocks=int(args.config.get("lr_blocks", init.config.lr_blocks))))
+            anchor=False, lr_features=lr_features, lr_blocks=int(args.config.get("lr_blocks", init.config.lr_blocks)),
+            detail_head=args.detail_head or init.config.detail_head))
         state = init.state_dict()
         if args.decoder_init:
             # decoders trained with an anchor (align --tune-decoder) decode well only with it: their
@@ -115,6 +117,11 @@ def build_model(args: TrainArgs, images: ImageSet | None = None) -> ArbScaleMode
             parts = ("feature_decoder.", "implicit.", "lr_encoder.")
             state = {k: v for k, v in state.items() if not k.startswith(parts)}
             state.update({k: v for k, v in source.items() if k.startswith(parts)})
+        if args.detail_head and not init.config.detail_head:
+            # a new detail head starts as a copy of the default one (which must be trained already)
+            if not init.reads_lr:
+                raise ValueError("--detail-head starts from an LR-reading model's decoder: --init must have lr_features")
+            state.update({f"detail_{k}": v for k, v in state.items() if k.startswith(("lr_encoder.", "implicit."))})
         try:
             missing, unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as exc:  # shapes differ: another preset or --config
@@ -164,7 +171,7 @@ class Trainer:
                 "snr_max": args.snr_max, "snr_min": args.snr_min, "t_max_frac": args.t_max_frac,
                 "rec_min_t": args.rec_min_t, "lambda_dm": args.lambda_dm, "lambda_rec": args.lambda_rec,
                 "x0_weight": args.x0_weight, "tune_decoder": args.tune_decoder,
-                "hr_latent_frac": args.hr_latent_frac,
+                "hr_latent_frac": args.hr_latent_frac, "detail_head": args.detail_head,
                 "sample_steps": args.default_steps or (self.init_info or {}).get("default_steps") or 1}
         if args.max_rel_scale:
             opts["max_rel_scale"] = args.max_rel_scale
@@ -323,7 +330,11 @@ class Trainer:
                 if self.val is not None and (self.step % a.val_every == 0 or last):
                     # a decoder-stage model is validated on what it decodes: its sampling steps
                     steps = self.loss.opts["sample_steps"] if a.stage == "decoder" else a.val_steps
-                    row.update(validation_psnr(self.ema_model(), self.val, a.stage, steps))
+                    if a.detail_head:  # the detail head decodes the detail mode's samples
+                        from ..pipeline import mode_sampling
+
+                        steps = mode_sampling(self.model, "detail")[0]
+                    row.update(validation_psnr(self.ema_model(), self.val, a.stage, steps, detail=a.detail_head))
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("step", "time_s", "lr")})
                 new_file = not log_path.exists()
                 with open(log_path, "a", newline="") as fh:
