@@ -177,7 +177,7 @@ WORKFLOWS = {
          "widgets": {"scale": 2.5, "width": 0, "height": 0, "steps": 0, "eta": 0.0, "seed": 0, "chunk": CHUNK,
                      "lr_consistency": True, "ensemble": "1", "mode": "fidelity"},
          "inputs": {"model": (7, 0), "image": (6, 0)}},
-        save(9, [1170, 425], [300, 190], "sd_arbscale", (8, 0)),
+        save(9, [1170, 425], [300, 150], "sd_arbscale", (8, 0)),
     ],
 }
 
