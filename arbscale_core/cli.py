@@ -20,10 +20,9 @@ DEFAULT_MODELS = {"sr": WEIGHTS_DIR / "arbscale_sr_tiny.safetensors",
 # Every file shipped in weights/, with what it is for (ComfyUI's Load Model tooltip; the model card
 # has the figures).
 BUNDLED_MODELS = {
-    "arbscale_sr_tiny.safetensors": "super-resolution, fidelity: the default; 1 step, closest to the photo "
-                                    "(+1.6 dB PSNR over bicubic at x4)",
-    "arbscale_sr_tiny_detail.safetensors": "super-resolution, generative detail: 20 steps, invents texture "
-                                           "(sharper, less faithful; eta and seed vary it)",
+    "arbscale_sr_tiny.safetensors": "super-resolution at any scale, two modes: fidelity (1 step, closest to the "
+                                    "photo, +1.6 dB PSNR over bicubic at x4) and detail (sampled grain and texture, "
+                                    "each seed its own; less faithful)",
     "arbscale_gen_tiny.safetensors": "texture generation from noise (Empty Latent): a tiny model, noisy "
                                      "ground- and stone-like textures",
 }

@@ -147,8 +147,8 @@ def default_steps(model: ArbScaleModel) -> int:
 # loses), decoded by the model's detail head when it has one (config.detail_head). A model file
 # may name its own detail settings ("detail_steps", "detail_eta").
 MODES = ("fidelity", "detail")
-DETAIL_STEPS = 10
-DETAIL_ETA = 1.0
+DETAIL_STEPS = 20
+DETAIL_ETA = 0.5
 
 
 def mode_sampling(model: ArbScaleModel, mode: str = "fidelity", steps: int | None = None,

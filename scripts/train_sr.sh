@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The SR weights' recipe in one go: stage 1 (autoencoder + implicit decoder), stage 2 (SR latent
 # diffusion), stage 3 (1-step alignment, anchored, decoders tuned), stage 4 (an LR-reading implicit
-# decoder on stage 3's 1-step estimate: the default model), each for a wall-clock budget.
-# The detail model is the stage-2 model, anchored, sampling 20 steps.
+# decoder on stage 3's 1-step estimate: the fidelity mode) and stage 5 (the detail mode's decoder
+# head, trained on true latents: the shipped two-mode model), each for a wall-clock budget.
+# The detail model (an earlier release) is the stage-2 model, anchored, sampling 20 steps.
 #
 #   scripts/train_sr.sh TRAIN_DIR VAL_DIR RUN_DIR [EXPORT_DIR]
 #
-# Environment: AE_MIN, SR_MIN, ALIGN_MIN, DEC_MIN (minutes per stage); BATCH (stages 1-2), ALIGN_BATCH,
-# ALIGN_LR, DEC_BATCH; AE_INIT (a stage-1 model file: skip stage 1); SMOKE=1 (first run every stage for
+# Environment: AE_MIN, SR_MIN, ALIGN_MIN, DEC_MIN, HEAD_MIN (minutes per stage); BATCH (stages 1-2),
+# ALIGN_BATCH, ALIGN_LR, DEC_BATCH, HEAD_BATCH, HEAD_CROP; AE_INIT (a stage-1 model file: skip stage 1); SMOKE=1 (first run every stage for
 # 2 steps, to fail fast); PY (python); EXTRA (flags for every stage, e.g. "--threads 2").
 # EXPORT_DIR receives float16 copies of the models as each stage ends, and the logs.
 set -euo pipefail
@@ -41,6 +42,8 @@ if [ "${SMOKE:-0}" = 1 ]; then
         --tune-decoder --anchor --default-steps 1
     stage decoder --init "$s/regress/model.safetensors" --decoder-init "$s/ae/model.safetensors" "${common[@]}" \
         --out "$s/decoder" --steps 2 --batch 8 --crop 96 --val-every 2 --lr-scale-range 2 6
+    stage decoder --init "$s/decoder/model.safetensors" --detail-head "${common[@]}" --out "$s/head" --steps 2 \
+        --batch 8 --crop 96 --val-every 2 --lr-scale-range 2 12 --default-steps 1
     echo "smoke run passed"
 fi
 
@@ -76,4 +79,12 @@ stage decoder --init "$run/regress/model.safetensors" --decoder-init "$ae" "${co
     --lr-scale-range 2 6
 export_model "$run/decoder/model.safetensors" sr_default.safetensors
 [ -z "$export_dir" ] || cp "$run/decoder/log.csv" "$export_dir/decoder_log.csv"
+
+# Stage 5 (not in the paper): the detail mode's decoder head, a copy of stage 4's trained alone on
+# true latents (everything else frozen: the fidelity mode decodes exactly as stage 4's model).
+stage decoder --init "$run/decoder/model.safetensors" --detail-head "${common[@]}" --out "$run/head" \
+    --minutes "${HEAD_MIN:-2}" --batch "${HEAD_BATCH:-16}" --crop "${HEAD_CROP:-128}" --lr 2e-4 --warmup 50 --val-every 250 \
+    --lr-scale-range 2 12 --default-steps 1 --detail-steps 20 --detail-eta 0.5
+export_model "$run/head/model.safetensors" sr_two_mode.safetensors
+[ -z "$export_dir" ] || cp "$run/head/log.csv" "$export_dir/head_log.csv"
 echo "done"

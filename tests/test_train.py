@@ -244,7 +244,8 @@ def test_sr_recipe_script_runs_every_stage(tmp_path):
         for i in range(n):
             Image.fromarray(smooth_image(rng, 196, 200)).save(tmp_path / split / f"{i}.png")  # val crops of 2 x 96
     env = dict(os.environ, PYTHONPATH=str(ROOT), PY=sys.executable, AE_MIN="0.0001", SR_MIN="0.0001",
-               ALIGN_MIN="0.0001", DEC_MIN="0.0001", BATCH="2", ALIGN_BATCH="2", DEC_BATCH="2",
+               ALIGN_MIN="0.0001", DEC_MIN="0.0001", HEAD_MIN="0.0001", BATCH="2", ALIGN_BATCH="2", DEC_BATCH="2",
+               HEAD_BATCH="2", HEAD_CROP="96",
                EXTRA="--threads 1")
     res = subprocess.run(["bash", str(ROOT / "scripts/train_sr.sh"), str(tmp_path / "train"), str(tmp_path / "val"),
                           str(tmp_path / "runs"), str(tmp_path / "export")], env=env, capture_output=True, text=True)
@@ -262,6 +263,9 @@ def test_sr_recipe_script_runs_every_stage(tmp_path):
         ["decoder", "align", "diffusion"]
     assert (export / "regress_log.csv").exists() and (export / "decoder_log.csv").exists()
     assert load_file(str(tmp_path / "export/sr_default.safetensors"))["unet.conv_in.weight"].dtype == torch.float16
+    two_mode = load_model(export / "sr_two_mode.safetensors")
+    assert two_mode.config.detail_head and two_mode.training_info["detail_steps"] == 20
+    assert (export / "head_log.csv").exists()
 
 
 def test_decoder_stage_trains_an_lr_reading_decoder(tmp_path, image_dirs):
