@@ -43,7 +43,9 @@ def test_eval_writes_full_report(tmp_path, hr_dir, sr_ckpt, regression_file, cap
     report = (out / "report.md").read_text()
     assert "### x3.5" in report and "tiny.png" in report and "broken.png" in report
     assert "arbscale eval" in report and "VIF" in report and "LPIPS" in report and "Regression baseline" in report
-    assert "fidelity mode 1 DDIM step, eta 0" in report and "detail mode 1 DDIM step, eta 1" in report
+    from arbscale_core.pipeline import DETAIL_ETA
+
+    assert "fidelity mode 1 DDIM step, eta 0" in report and f"detail mode 1 DDIM step, eta {DETAIL_ETA:g}" in report
     assert "skipped" in cap.err and "x2: regression" in cap.out and "ours detail" in cap.out
 
 
