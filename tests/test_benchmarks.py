@@ -115,3 +115,17 @@ def test_decoder_speed_lr_reading_model(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert float(res.stdout.split("max |diff| ")[1].split()[0]) < 1e-4
+
+
+def test_end_to_end_quick(tmp_path):
+    """benchmarks/end_to_end.py --quick: the console script and every stage timed, with RSS."""
+    import json
+
+    out = tmp_path / "e2e.json"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "end_to_end.py"), "--quick", "--threads", "1",
+                          "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "| 128² | ×2 | 256x256 | fp32 |" in res.stdout
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["wall_s"] > 0 and row["peak_rss_mb"] > 50
+    assert all(row[k] >= 0 for k in ("read_s", "encode_s", "unet_s", "per_cell_s", "mlp_s", "projection_s", "write_s"))
