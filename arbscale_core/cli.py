@@ -95,13 +95,13 @@ def check_sampling(args) -> None:
         raise UserError(f"--seed must be from 0 to 2**64-1 (or -1 for a random one), got {args.seed}")
 
 
-def sampling(args, model, mode: str | None = None) -> None:
-    """Fill in steps and eta (SR: those of ``mode``, default --mode; else the model's default steps,
-    eta 0) where not given, and check steps, eta and seed against the model."""
+def sampling(args, model) -> None:
+    """Fill in steps and eta (SR: those of args.mode; else the model's default steps, eta 0) where
+    not given, and check steps, eta and seed against the model."""
     from .pipeline import DEFAULT_ETA, check_sampling as check, mode_sampling
 
     if model.config.task == "sr":
-        args.steps, args.eta = mode_sampling(model, mode or getattr(args, "mode", "fidelity"), args.steps, args.eta)
+        args.steps, args.eta = mode_sampling(model, args.mode, args.steps, args.eta)
     elif args.eta is None:
         args.eta = DEFAULT_ETA
     try:
@@ -325,7 +325,7 @@ def _upscale_one(model, path: Path, target: Path, scale, size, args, dtype) -> t
     alpha = BandResize(src.alpha, h, w) if fmt.alpha else None
     _decode_to_file(model, latent, h, w, target, fmt, args, dtype, f"{path.name}: decode {w}x{h}",
                     guide=sr_guide(model, src.rgb, cond, consistency=args.consistency,
-                                   detail=getattr(args, "mode", "fidelity") == "detail"), alpha=alpha)
+                                   detail=args.mode == "detail"), alpha=alpha)
     return h, w
 
 
@@ -374,7 +374,7 @@ def _upscale_ensemble_to_file(model, src, h: int, w: int, target: Path, fmt, arg
     bar = _progress_bar(args.steps * args.ensemble, f"{name}: denoise x{args.ensemble}")
     out = upscale_tensor(model, src.rgb, h, w, steps=args.steps, eta=args.eta, seed=args.seed, chunk=args.chunk,
                          dtype=dtype, callback=lambda i, n, x0: bar.update(1), consistency=args.consistency,
-                         ensemble=args.ensemble, tile=args.tile, detail=getattr(args, "mode", "fidelity") == "detail")
+                         ensemble=args.ensemble, tile=args.tile, detail=args.mode == "detail")
     bar.close()
     alpha = resize_alpha(src.alpha, h, w) if fmt.alpha else None
     try:

@@ -109,14 +109,13 @@ def evaluate_image(model: ArbScaleModel, hr_full: np.ndarray, scale: float, opts
         outputs[REGRESSION] = out
     for mode in opts.modes:
         steps, eta = mode_sampling(model, mode, opts.steps, opts.eta)
-        method, samples, first = ours_method(mode), [], len(rows)
+        method, samples, first, detail = ours_method(mode), [], len(rows), mode == "detail"
         for seed in range(opts.seeds):
             if opts.ensemble == 1:
-                latent, guide = ours_latent(model, lr, steps, eta, seed, opts.consistency, mode == "detail")
+                latent, guide = ours_latent(model, lr, steps, eta, seed, opts.consistency, detail)
                 out = decode_uint8(model, latent, h, w, guide=guide)[0]
                 out2x = decode_uint8(model, latent, 2 * h, 2 * w, guide=guide)[0] if seed == 0 else None
             else:
-                detail = mode == "detail"
                 out = ours_ensemble(model, lr, h, w, opts, steps, eta, seed, detail)
                 out2x = ours_ensemble(model, lr, 2 * h, 2 * w, opts, steps, eta, seed, detail) if seed == 0 else None
             rows.append({"method": method, "seed": seed, **metrics(out, out2x)})

@@ -60,10 +60,16 @@ def rgb_to_y(img: np.ndarray) -> np.ndarray:
     return 16.0 + (65.481 * x[..., 0] + 128.553 * x[..., 1] + 24.966 * x[..., 2]) / 255.0
 
 
-def psnr_y(a: np.ndarray, b: np.ndarray, shave: int = 0) -> float:
+def y_pair(a: np.ndarray, b: np.ndarray, shave: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The Y channels of two uint8 images, ``shave`` pixels cut from each border."""
     ya, yb = rgb_to_y(a), rgb_to_y(b)
     if shave:
         ya, yb = ya[shave:-shave, shave:-shave], yb[shave:-shave, shave:-shave]
+    return ya, yb
+
+
+def psnr_y(a: np.ndarray, b: np.ndarray, shave: int = 0) -> float:
+    ya, yb = y_pair(a, b, shave)
     mse = np.mean((ya - yb) ** 2)
     return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
 
@@ -74,9 +80,7 @@ def ssim(a: np.ndarray, b: np.ndarray, shave: int = 0) -> float:
         from skimage.metrics import structural_similarity
     except ImportError:
         raise RuntimeError("SSIM needs scikit-image: pip install 'arbscale[eval]'") from None
-    ya, yb = rgb_to_y(a), rgb_to_y(b)
-    if shave:
-        ya, yb = ya[shave:-shave, shave:-shave], yb[shave:-shave, shave:-shave]
+    ya, yb = y_pair(a, b, shave)
     return float(structural_similarity(ya, yb, data_range=255.0, gaussian_weights=True, sigma=1.5,
                                        use_sample_covariance=False))
 
@@ -103,9 +107,7 @@ def perceptual_metrics(out: np.ndarray, reference: np.ndarray, shave: int = 0) -
     import torch
 
     tm = _torchmetrics_image()
-    ya, yb = rgb_to_y(out), rgb_to_y(reference)
-    if shave:
-        ya, yb = ya[shave:-shave, shave:-shave], yb[shave:-shave, shave:-shave]
+    ya, yb = y_pair(out, reference, shave)
     a = torch.from_numpy(np.ascontiguousarray(ya))[None, None]
     b = torch.from_numpy(np.ascontiguousarray(yb))[None, None]
     side = min(ya.shape)

@@ -246,25 +246,24 @@ class DecoderLoss(StageLoss):
         lr = resize(images, side, side).clamp(-1, 1)
         detail = bool(self.opts.get("detail_head"))
         frac = 1.0 if detail else self.opts.get("hr_latent_frac", 0.0)
+        # hr_latent_frac: that share of the batch decodes the true latent (the HR crop resized to
+        # the condition size and encoded: what the diffusion model learns to sample) instead of the
+        # few-step estimate. The detail head trains on true latents only, so it renders what a
+        # sampled latent holds; one head trained on both (0 < frac < 1) lost fidelity (model card).
         with torch.no_grad():
             cond_images = resize(lr, *m.condition_size(side, side)).clamp(-1, 1)
             cond = m.encode(cond_images)
             noise = self.local(torch.randn((images.shape[0] * self.world, *cond.shape[1:]), generator=self.gen))
-        with torch.no_grad():
-            if frac >= 1.0:  # true latents only (the detail head): no sampling needed
-                latent = m.encode(resize(images, *cond_images.shape[-2:]).clamp(-1, 1))
+            true_latent = m.encode(resize(images, *cond_images.shape[-2:]).clamp(-1, 1)) if frac > 0 else None
+            if frac >= 1.0:  # no sampling needed
+                latent = true_latent
             else:
                 x = sample_ddim(lambda x_t, t: m.eps(x_t, t, cond), noise.to(cond.device), self.abar,
                                 steps=self.opts.get("sample_steps", 1))
                 latent = m.from_diffusion(x, cond)
-            # hr_latent_frac: that share of the batch decodes the true latent (the HR crop resized to
-            # the condition size and encoded: what the diffusion model learns to sample) instead of
-            # the few-step estimate. The detail head trains on true latents only, so it renders what
-            # a sampled latent holds; one head trained on both (0 < frac < 1) lost fidelity (model card).
-            if 0 < frac < 1:
-                use_true = self.local(torch.rand(images.shape[0] * self.world, generator=self.gen) < frac)
-                true_latent = m.encode(resize(images, *cond_images.shape[-2:]).clamp(-1, 1))
-                latent = torch.where(use_true.to(latent.device).view(-1, 1, 1, 1), true_latent, latent)
+                if frac > 0:
+                    use_true = self.local(torch.rand(images.shape[0] * self.world, generator=self.gen) < frac)
+                    latent = torch.where(use_true.to(latent.device).view(-1, 1, 1, 1), true_latent, latent)
         h, w = latent.shape[-2:]
         q = self.opts.get("queries", 48)
         rows = torch.randperm(p, generator=self.gen)[:q].sort().values
