@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .layers import ResBlock, group_norm
+from .layers import ResBlock, channels_last, group_norm
 
 
 class Encoder(nn.Module):
@@ -37,6 +37,7 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B,3,H,W] in -1..1 with H, W multiples of f -> latent [B,C,H/f,W/f] (unscaled)."""
+        x = channels_last(x)
         h = self.conv_in(x)
         for block in self.blocks:
             if isinstance(block, nn.Conv2d):
@@ -63,6 +64,7 @@ class FeatureDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """z: latent [B,C,h,w] (unscaled) -> features [B,F,h,w]."""
+        z = channels_last(z)
         h = self.conv_in(z)
         for block in self.blocks:
             h = block(h)
@@ -86,7 +88,7 @@ class LREncoder(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """image [B,3,h,w] in -1..1 -> features [B,lr_features,h,w]."""
-        x = self.head(image)
+        x = self.head(channels_last(image))
         h = x
         for block in self.body:
             h = h + block(h)

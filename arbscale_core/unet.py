@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .layers import Attention, ResBlock, group_norm, timestep_embedding
+from .layers import Attention, ResBlock, channels_last, group_norm, timestep_embedding
 
 
 class UNet(nn.Module):
@@ -73,7 +73,7 @@ class UNet(nn.Module):
             mode = "reflect" if pad_h < h0 and pad_w < w0 else "replicate"
             x_in = F.pad(x_in, (0, pad_w, 0, pad_h), mode=mode)
         emb = self.time_mlp(timestep_embedding(t, self.base).to(x_in.dtype))
-        h = self.conv_in(x_in)
+        h = self.conv_in(channels_last(x_in))
         skips = [h]
         for block in self.down:
             if isinstance(block, nn.ModuleList):
