@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .layers import ResBlock, channels_last, group_norm
+from .layers import ResBlock, channels_last, group_norm, silu_temporary
+from .streaming import STREAM_PIXELS, encoder_levels
 
 
 class Encoder(nn.Module):
@@ -38,13 +39,19 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B,3,H,W] in -1..1 with H, W multiples of f -> latent [B,C,H/f,W/f] (unscaled)."""
         x = channels_last(x)
-        h = self.conv_in(x)
-        for block in self.blocks:
+        blocks = list(self.blocks)
+        last_down = max((i for i, b in enumerate(blocks) if isinstance(b, nn.Conv2d)), default=-1)
+        if not torch.is_grad_enabled() and x.shape[-2] * x.shape[-1] > STREAM_PIXELS and last_down >= 0:
+            # large inputs: the full-resolution levels band by band (the same function, flat memory)
+            h, blocks = encoder_levels(self.conv_in, blocks[:last_down + 1], x), blocks[last_down + 1:]
+        else:
+            h = self.conv_in(x)
+        for block in blocks:
             if isinstance(block, nn.Conv2d):
                 h = block(F.pad(h, (0, 1, 0, 1)))
             else:
                 h = block(h)
-        z = self.conv_out(F.silu(self.norm_out(self.mid(h))))
+        z = self.conv_out(silu_temporary(self.norm_out(self.mid(h))))
         if self.shortcut is not None:
             z = z + self.shortcut(F.pixel_unshuffle(x, self.downsample))
         return z
@@ -68,7 +75,7 @@ class FeatureDecoder(nn.Module):
         h = self.conv_in(z)
         for block in self.blocks:
             h = block(h)
-        features = self.conv_out(F.silu(self.norm_out(h)))
+        features = self.conv_out(silu_temporary(self.norm_out(h)))
         if self.shortcut is not None:
             features = features + self.shortcut(z)
         return features

@@ -16,6 +16,13 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+def silu_temporary(x: torch.Tensor) -> torch.Tensor:
+    """SiLU of a tensor nothing else holds (a norm's output): in place at inference. Allocating a
+    fresh full-size buffer per activation is a large share of the time at large inputs (page
+    faults: 512 MB for 32 channels of a 2048² condition image) and of the peak memory."""
+    return F.silu(x, inplace=not torch.is_grad_enabled())
+
+
 def group_norm(channels: int) -> nn.GroupNorm:
     groups = 32
     while channels % groups:
@@ -37,11 +44,19 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv1(silu_temporary(self.norm1(x)))
         if self.emb is not None:
-            h = h + self.emb(F.silu(emb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.skip(x) + h
+            h = _add_to_temporary(h, self.emb(F.silu(emb))[:, :, None, None])
+        h = self.conv2(self.dropout(silu_temporary(self.norm2(h))))
+        return _add_to_temporary(h, self.skip(x))
+
+
+def _add_to_temporary(h: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """h + other where nothing else holds h (a conv's output): in place at inference, unless the
+    sum's dtype is not h's (autocast mixes bf16 and fp32), so the result is the same either way."""
+    if not torch.is_grad_enabled() and torch.promote_types(h.dtype, other.dtype) == h.dtype:
+        return h.add_(other)
+    return h + other
 
 
 class Attention(nn.Module):

@@ -13,17 +13,27 @@ import torch
 TileFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]  # (x [B,C,th,tw], cond tile) -> eps
 
 
-def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of ``tile`` cells covering ``size`` with at least ``overlap`` shared
-    cells between neighbours; the last tile ends exactly at ``size``."""
+def tile_layout(size: int, tile: int, overlap: int) -> tuple[int, list[int]]:
+    """(length, starts) of the fewest tiles of at most ``tile`` cells that cover ``size`` with at
+    least ``overlap`` cells shared between neighbours, each as short as that allows (the same length,
+    spread evenly; the last ends exactly at ``size``). Shortening matters: a 512-cell side in tiles of
+    at most 256 needs 3 tiles, and 3 tiles of 192 are half the U-Net work of 3 of 256."""
     if tile >= size:
-        return [0]
+        return size, [0]
     if not 0 <= overlap < tile:
         raise ValueError(f"tile overlap must be in [0, tile), got overlap {overlap} for tile {tile}")
-    stride = tile - overlap
-    n = -(-(size - tile) // stride) + 1
-    # spread the tiles evenly so every overlap is at least ``overlap`` cells
-    return [round(i * (size - tile) / (n - 1)) for i in range(n)]
+    n = -(-(size - overlap) // (tile - overlap))
+    length = -(-(size + (n - 1) * overlap) // n)
+    while True:  # rounding the starts can cost a cell of overlap: lengthen until none is short
+        starts = [round(i * (size - length) / (n - 1)) for i in range(n)]
+        if all(a + length - b >= overlap for a, b in zip(starts, starts[1:])) or length >= tile:
+            return length, starts
+        length += 1
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of the tiles of ``tile_layout``."""
+    return tile_layout(size, tile, overlap)[1]
 
 
 def _ramp(length: int, start: int, size: int, overlap: int) -> torch.Tensor:
@@ -48,10 +58,10 @@ def tiled_eps(fn: TileFn, x: torch.Tensor, cond: torch.Tensor | None, tile: int,
         return fn(x, cond)
     out = torch.zeros_like(x, dtype=torch.float32)
     total = torch.zeros((h, w), dtype=torch.float32, device=x.device)
-    th, tw = min(tile, h), min(tile, w)
-    for y in tile_starts(h, tile, overlap):
+    (th, ys), (tw, xs) = tile_layout(h, tile, overlap), tile_layout(w, tile, overlap)
+    for y in ys:
         wy = _ramp(th, y, h, overlap)
-        for x0 in tile_starts(w, tile, overlap):
+        for x0 in xs:
             weight = (wy[:, None] * _ramp(tw, x0, w, overlap)[None, :]).to(x.device)
             part = (slice(None), slice(None), slice(y, y + th), slice(x0, x0 + tw))
             eps = fn(x[part], None if cond is None else cond[part]).float()

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .layers import Attention, ResBlock, channels_last, group_norm, timestep_embedding
+from .layers import Attention, ResBlock, channels_last, group_norm, silu_temporary, timestep_embedding
 
 
 class UNet(nn.Module):
@@ -87,5 +87,5 @@ class UNet(nn.Module):
                 h = block[1](block[0](torch.cat([h, skips.pop()], dim=1), emb))
             else:
                 h = block(h)
-        out = self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(silu_temporary(self.norm_out(h)))
         return out[..., :h0, :w0]

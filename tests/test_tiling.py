@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from arbscale_core.pipeline import decode, denoise, encode_condition, sr_guide
-from arbscale_core.tiling import tile_starts, tiled_eps
+from arbscale_core.tiling import tile_layout, tile_starts, tiled_eps
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,11 +20,21 @@ def test_tile_starts_cover_with_overlap(size, tile, overlap):
         with pytest.raises(ValueError):
             tile_starts(size, tile, overlap)
         return
-    starts = tile_starts(size, tile, overlap)
+    length, starts = tile_layout(size, tile, overlap)
+    assert length <= min(tile, size)
     assert starts[0] == 0
-    assert starts[-1] + min(tile, size) == size
+    assert starts[-1] + length == size
     for a, b in zip(starts, starts[1:]):
-        assert a < b and a + tile - b >= overlap  # neighbours share at least ``overlap`` cells
+        assert a < b and a + length - b >= overlap  # neighbours share at least ``overlap`` cells
+    # the fewest tiles: one fewer could not cover size with that overlap
+    n = len(starts)
+    assert n == 1 or (n - 1) * tile - (n - 2) * overlap < size
+
+
+def test_tiles_shrink_to_the_fewest_that_cover():
+    assert tile_layout(512, 256, 32) == (192, [0, 160, 320])
+    assert tile_layout(300, 256, 32) == (166, [0, 134])
+    assert tile_layout(200, 256, 32) == (200, [0])
 
 
 def test_pointwise_model_is_reproduced_exactly():
