@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import signal
@@ -120,15 +119,14 @@ def resolve_model_path(arg: str | None, task: str) -> Path:
     return path
 
 
-def load(model_arg: str | None, task: str, device_arg: str, dtype_arg: str = "auto"):
-    """(model, device, (U-Net autocast dtype, decoder-MLP autocast dtype)) for a command, every
-    problem as a UserError. ``dtype_arg`` auto: ``device.auto_dtypes``; a named dtype: both."""
+def load(model_arg: str | None, task: str, device_arg: str, dtype_arg: str = "fp32"):
+    """(model, device, autocast dtype) for a command, every problem as a UserError."""
     from .checkpoint import CheckpointError, load_model
-    from .device import auto_dtypes, resolve_device, resolve_dtype
+    from .device import resolve_device, resolve_dtype
 
     try:
         device = resolve_device(device_arg)
-        dtypes = auto_dtypes(device) if dtype_arg == "auto" else (resolve_dtype(dtype_arg, device),) * 2
+        dtype = resolve_dtype(dtype_arg, device)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     path = resolve_model_path(model_arg, task)
@@ -139,7 +137,7 @@ def load(model_arg: str | None, task: str, device_arg: str, dtype_arg: str = "au
     if model.config.task != task:
         kind = {"sr": "an SR", "gen": "a generation"}
         raise UserError(f"{path} is {kind[model.config.task]} model; this command needs {kind[task]} model")
-    return model, device, dtypes
+    return model, device, dtype
 
 
 def collect_inputs(items: list[str]) -> list[Path]:
@@ -247,7 +245,7 @@ def cmd_upscale(args) -> int:
     check_existing(targets, args)  # this rank's only: the others may already be writing theirs
     if not inputs:
         return 0
-    model, _, dtypes = load(args.model, "sr", args.device, args.dtype)
+    model, _, dtype = load(args.model, "sr", args.device, args.dtype)
     sampling(args, model)
     failed = []
     for p, target in zip(inputs, targets):
@@ -255,7 +253,7 @@ def cmd_upscale(args) -> int:
             print(f"{p}: {target} exists, skipped", file=sys.stderr)
             continue
         try:
-            h, w = _upscale_one(model, p, target, scale, size, args, dtypes)
+            h, w = _upscale_one(model, p, target, scale, size, args, dtype)
         except ValueError as exc:  # this input (unreadable, too large...): the batch goes on
             if batch == 1:
                 raise UserError(str(exc)) from None
@@ -298,7 +296,7 @@ def check_output_options(args) -> None:
     args.suffix = "." + args.format.lower().lstrip(".") if getattr(args, "format", None) else ".png"
 
 
-def _upscale_one(model, path: Path, target: Path, scale, size, args, dtypes) -> tuple[int, int]:
+def _upscale_one(model, path: Path, target: Path, scale, size, args, dtype) -> tuple[int, int]:
     """Upscale one input file into ``target``; ValueError for a problem with this input."""
     from .imageops import BandResize, STREAM_PIXELS, output_format, read_image
     from .pipeline import denoise, encode_condition, output_size, sr_guide
@@ -316,15 +314,15 @@ def _upscale_one(model, path: Path, target: Path, scale, size, args, dtypes) -> 
         if h * w > STREAM_PIXELS:
             raise ValueError(f"{path}: --ensemble needs the output in memory; {w}x{h} is over "
                              f"{STREAM_PIXELS} pixels (use --ensemble 1)")
-        _upscale_ensemble_to_file(model, src, h, w, target, fmt, args, dtypes, path.name)
+        _upscale_ensemble_to_file(model, src, h, w, target, fmt, args, dtype, path.name)
         return h, w
     bar = _progress_bar(args.steps, f"{path.name}: denoise")
     cond = encode_condition(model, src.rgb)
     latent = denoise(model, cond, steps=args.steps, eta=args.eta, seed=args.seed,
-                     dtype=dtypes[0], callback=lambda i, n, x0: bar.update(1), tile=args.tile)
+                     dtype=dtype, callback=lambda i, n, x0: bar.update(1), tile=args.tile)
     bar.close()
     alpha = BandResize(src.alpha, h, w) if fmt.alpha else None
-    _decode_to_file(model, latent, h, w, target, fmt, args, dtypes[1], f"{path.name}: decode {w}x{h}",
+    _decode_to_file(model, latent, h, w, target, fmt, args, dtype, f"{path.name}: decode {w}x{h}",
                     guide=sr_guide(model, src.rgb, cond, consistency=args.consistency,
                                    detail=args.mode == "detail"), alpha=alpha)
     return h, w
@@ -368,14 +366,13 @@ def check_output_room(target: Path, h: int, w: int, fmt, in_memory: bool = False
                              f"{free / 1e6:.1f} MB free")
 
 
-def _upscale_ensemble_to_file(model, src, h: int, w: int, target: Path, fmt, args, dtypes, name: str) -> None:
+def _upscale_ensemble_to_file(model, src, h: int, w: int, target: Path, fmt, args, dtype, name: str) -> None:
     from .imageops import pixels_from_rgb, save_image
     from .pipeline import resize_alpha, upscale_tensor
 
     bar = _progress_bar(args.steps * args.ensemble, f"{name}: denoise x{args.ensemble}")
     out = upscale_tensor(model, src.rgb, h, w, steps=args.steps, eta=args.eta, seed=args.seed, chunk=args.chunk,
-                         dtype=dtypes[0], decode_dtype=dtypes[1], callback=lambda i, n, x0: bar.update(1),
-                         consistency=args.consistency,
+                         dtype=dtype, callback=lambda i, n, x0: bar.update(1), consistency=args.consistency,
                          ensemble=args.ensemble, tile=args.tile, detail=args.mode == "detail")
     bar.close()
     alpha = resize_alpha(src.alpha, h, w) if fmt.alpha else None
@@ -390,8 +387,6 @@ def _decode_to_file(model, latent, h: int, w: int, target: Path, fmt, args, dtyp
     """Decode one latent [1,C,h,w] into ``target`` in ``fmt``: PNGs that are large or 16-bit
     stream band by band (memory: one band); everything else goes through a canvas. ``alpha``: a
     BandResize of the input's alpha, or None."""
-    import numpy as np
-
     from .imageops import pixels_from_rgb, save_image, save_png_rows
     from .pipeline import decode_bands
 
@@ -450,18 +445,18 @@ def cmd_generate(args) -> int:
         raise UserError(str(exc)) from None
     check_existing(targets, args)
     check_writable(targets)
-    model, _, dtypes = load(args.model, "gen", args.device, args.dtype)
+    model, _, dtype = load(args.model, "gen", args.device, args.dtype)
     sampling(args, model)
     lh, lw = generation_latent_size(model, h, w)
     bar = _progress_bar(args.steps, "denoise")
     latent = denoise(model, latent_shape=(n, model.config.latent_channels, lh, lw), steps=args.steps,
-                     eta=args.eta, seed=args.seed, dtype=dtypes[0], callback=lambda i, t, x0: bar.update(1))
+                     eta=args.eta, seed=args.seed, dtype=dtype, callback=lambda i, t, x0: bar.update(1))
     bar.close()
     for i, target in enumerate(targets):
         if args.skip_existing and target.exists():
             print(f"{target} exists, skipped", file=sys.stderr)
             continue
-        _decode_to_file(model, latent[i:i + 1], h, w, target, fmt, args, dtypes[1], f"decode {w}x{h}")
+        _decode_to_file(model, latent[i:i + 1], h, w, target, fmt, args, dtype, f"decode {w}x{h}")
         print(f"-> {target} ({w}x{h})")
     return 0
 
@@ -650,9 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--chunk", type=int, default=65536, help="pixels decoded at a time (memory)")
         sp.add_argument("--model", help=f"model file (default: bundled {DEFAULT_MODELS[task].name})")
         sp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-        sp.add_argument("--dtype", default="auto",
-                        help="auto (default: on CPUs with native bf16 the decoder MLP in bf16, the rest fp32; "
-                             "else fp32), fp32, bf16 or fp16 (autocast)")
+        sp.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (autocast)")
 
     def output_options(sp):
         sp.add_argument("--overwrite", action="store_true", help="replace outputs that already exist "

@@ -1,8 +1,6 @@
 """Device and dtype choice: automatic (cuda, then mps, then cpu) or named by the user."""
 from __future__ import annotations
 
-import functools
-
 import torch
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
@@ -44,32 +42,3 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch
     if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("bf16 is not supported on this GPU; use fp16 or fp32")
     return dtype
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has native bf16 dot products (AVX512-BF16 or AMX), where oneDNN's bf16
-    matmuls beat fp32."""
-    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
-
-
-@functools.lru_cache(maxsize=None)
-def _cpu_flags() -> frozenset[str]:
-    try:  # Linux; elsewhere (macOS, Windows) we do not guess
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def auto_dtypes(device: torch.device) -> tuple[torch.dtype | None, torch.dtype | None]:
-    """(U-Net autocast dtype, decoder-MLP autocast dtype) for ``--dtype auto`` (None = float32).
-
-    CPU: the MLP in bf16 where the CPU has native bf16 (its matmuls run faster, costing <= 0.05 dB:
-    benchmarks/fast_paths_quality.py), the convolutions in fp32 (channels-last fp32 convs measured
-    faster than bf16 ones on an AVX512-BF16 CPU). GPUs and MPS: float32, as before (not measured here)."""
-    if device.type == "cpu" and cpu_has_bf16():
-        return None, torch.bfloat16
-    return None, None

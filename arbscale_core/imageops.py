@@ -13,7 +13,7 @@ import numpy as np
 import png  # pypng: reads 16-bit colour PNGs and writes PNGs row by row
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 # Outputs larger than this many pixels are streamed to PNG row by row instead of assembled in a
@@ -261,7 +261,7 @@ def output_format(source: PixelFormat, path: str | os.PathLike, width: int,
         notes.append(f"alpha dropped: {name} has no alpha channel (write .png or .webp to keep it)")
         fmt = replace(fmt, alpha=False)
     if source.bits == 16 and not bits16:
-        notes.append(f"written as 8 bits a channel: only PNG keeps the input's 16")
+        notes.append("written as 8 bits a channel: only PNG keeps the input's 16")
         fmt = replace(fmt, bits=8)
     if source.icc_profile and not icc:
         notes.append(f"the input's ICC profile is not kept ({name} cannot hold one)")

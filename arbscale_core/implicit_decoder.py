@@ -88,7 +88,10 @@ class ImplicitDecoder(nn.Module):
         # All 4 neighbours at once, channels last so the MLP's matmuls read contiguous rows:
         # [B, 2 (row neighbour), n, 2 (column neighbour), m, hidden], built in place from the
         # separable row/column parts.
-        pre = first.permute(0, 2, 3, 1).index_select(1, iy.reshape(-1)).index_select(2, ix.reshape(-1))
+        # one gather of whole hidden-wide rows through flat cell indices (row * w + column), from
+        # ``first`` viewed as [B, h*w, hidden] (a copy unless it is channels last already)
+        cells = (iy.reshape(-1, 1) * w + ix.reshape(1, -1)).view(-1)  # [2n * 2m]
+        pre = first.permute(0, 2, 3, 1).reshape(b, h * w, hid).index_select(1, cells)
         pre = pre.view(b, 2, n, 2, m, hid)
         pre += (ry[..., None] * wc[:, 0]).view(1, 2, n, 1, 1, hid)
         pre += (rx[..., None] * wc[:, 1]).view(1, 1, 1, 2, m, hid)

@@ -13,6 +13,8 @@ from .config import ModelConfig
 from .diffusion import alphas_cumprod
 from .imageops import resize
 from .implicit_decoder import ImplicitDecoder, decode_bands
+from .streaming import STREAM_CELLS
+from .streaming import first_layer_map as streamed_first_layer_map
 from .unet import UNet
 
 
@@ -67,16 +69,23 @@ class ArbScaleModel(nn.Module):
         encoder = self.head(detail)[1]
         if encoder is None:
             return None
+        return encoder(self.lr_image_on_latent_grid(lr, latent_hw))
+
+    def lr_image_on_latent_grid(self, lr: torch.Tensor | None, latent_hw: tuple[int, int]) -> torch.Tensor:
+        """The LR image [B,3,h,w] in -1..1 resized to the latent grid (as is, when it has its size)."""
         if lr is None:
             raise ValueError("this SR model's decoder reads the LR image: pass it (lr=) with the latent")
         if tuple(lr.shape[-2:]) != tuple(latent_hw):
             lr = resize(lr, *latent_hw).clamp(-1, 1)
-        return encoder(lr)
+        return lr
 
     def first_layer_map(self, latent: torch.Tensor, lr: torch.Tensor | None = None,
                         detail: bool = False) -> torch.Tensor:
         """scaled latent [B,C,h,w] (and the LR image [B,3,*,*] in -1..1 for LR-reading decoders) ->
-        the MLP's per-cell first-layer term [B,hidden,h,w] (of the detail head with ``detail``)."""
+        the MLP's per-cell first-layer term [B,hidden,h,w] (of the detail head with ``detail``).
+        Large latents at inference: the same, band by band (``streaming.first_layer_map``)."""
+        if not torch.is_grad_enabled() and latent.shape[-2] * latent.shape[-1] > STREAM_CELLS:
+            return streamed_first_layer_map(self, latent, lr, detail)
         features = self.feature_decoder(latent / self.config.latent_scale)
         return self.head(detail)[0].first_layer_map(features, self.lr_features(lr, latent.shape[-2:], detail))
 

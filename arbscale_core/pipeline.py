@@ -481,11 +481,8 @@ def upscale_tensor(model: ArbScaleModel, image: torch.Tensor, height: int, width
                    steps: int | None = None, eta: float = DEFAULT_ETA, seed: int = 0,
                    chunk: int = DEFAULT_CHUNK, dtype: torch.dtype | None = None,
                    callback: Callback | None = None, consistency: bool = True, ensemble: int = 1,
-                   tile: int = DEFAULT_TILE, detail: bool = False,
-                   decode_dtype: torch.dtype | None | str = "same") -> torch.Tensor:
-    """image [B,3,h,w] in 0..1 -> [B,3,height,width] in 0..1. ``dtype``: the autocast dtype of the
-    U-Net and the decoder MLP; ``decode_dtype``: the MLP's if it differs ("same": dtype; see
-    ``device.auto_dtypes``: on CPUs bf16 speeds up the MLP but slows the convolutions). ``consistency``: correct the output
+                   tile: int = DEFAULT_TILE, detail: bool = False) -> torch.Tensor:
+    """image [B,3,h,w] in 0..1 -> [B,3,height,width] in 0..1. ``consistency``: correct the output
     so that brought back to the LR size it gives the input (``lr_correction``). ``ensemble`` (1, 2, 4
     or 8): average that many runs on flipped / transposed copies of the input (geometric
     self-ensemble: higher PSNR for that many times the work; the output is assembled in memory).
@@ -495,8 +492,7 @@ def upscale_tensor(model: ArbScaleModel, image: torch.Tensor, height: int, width
     def run(k: int, x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
         cond = encode_condition(model, x)
         latent = denoise(model, cond, steps=steps, eta=eta, seed=seed, dtype=dtype, callback=callback, tile=tile)
-        return decode(model, latent, th, tw, chunk, dtype if decode_dtype == "same" else decode_dtype,
-                      guide=sr_guide(model, x, cond, consistency, detail))
+        return decode(model, latent, th, tw, chunk, dtype, guide=sr_guide(model, x, cond, consistency, detail))
 
     return ensemble_average(run, image, height, width, ensemble)
 

@@ -1,7 +1,7 @@
 """End to end at the sizes artists use: `arbscale upscale` of 256², 512² and 1024² inputs at ×2,
 ×2.5 and ×4, with the time and peak memory of each stage, fixed-scale peers and bicubic, in one run.
 
-    python benchmarks/end_to_end.py [--sides 256,512,1024] [--scales 2,2.5,4] [--dtypes auto,fp32,bf16]
+    python benchmarks/end_to_end.py [--sides 256,512,1024] [--scales 2,2.5,4] [--dtypes fp32,bf16]
         [--peer-python PYTHON --peers compact,span,esrgan] [--image PATH] [--quick]
         [--out benchmarks/results/end_to_end.json]
 
@@ -11,8 +11,7 @@ peak RSS of each stage (Linux: /proc/self/clear_refs resets the high-water mark)
 encode the condition, U-Net (DDIM, the fidelity mode's steps), the per-cell passes (feature decoder
 + LR encoder: the MLP's first-layer map), the MLP decode (bands, without the projection; its
 GFLOP/s and share of this machine's fp32 matmul peak), the LR-consistency projection (the rest of a
-projected decode) and the PNG write. dtype auto is what the CLI does by default (on CPUs with native
-bf16: the MLP in bf16, the rest fp32); fp32 and bf16 autocast everything named.
+projected decode) and the PNG write; fp32 (the default) and bf16 autocast (U-Net and MLP).
 
 Peers: a fixed-scale x4 network a user would pick instead, loaded by spandrel from a .safetensors
 file and run by benchmarks/peer_spandrel.py in its own process (random weights: speed and memory,
@@ -43,14 +42,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from arbscale_core.checkpoint import load_model  # noqa: E402
-from arbscale_core.device import auto_dtypes, cpu_has_bf16  # noqa: E402
 from arbscale_core.imageops import read_image, save_image  # noqa: E402
 from arbscale_core.pipeline import (decode_bands, default_steps, denoise, encode_condition,  # noqa: E402
                                     output_size, sr_guide)
 from decoder_speed import matmul_peak, mlp_flops_per_pixel  # noqa: E402
 
-# name: (U-Net autocast dtype, decoder-MLP autocast dtype), as the CLI's --dtype
-DTYPES = {"auto": auto_dtypes(torch.device("cpu")), "fp32": (None, None), "bf16": (torch.bfloat16, torch.bfloat16)}
+DTYPES = {"fp32": None, "bf16": torch.bfloat16}  # as the CLI's --dtype: autocast of the U-Net and the MLP
 STAGES = ("read", "encode", "unet", "per_cell", "mlp", "projection", "write")
 
 
@@ -114,9 +111,8 @@ def timed(fn):
 
 
 @torch.no_grad()
-def stage_case(model, src: Path, out: Path, scale: float, dtypes) -> dict:
+def stage_case(model, src: Path, out: Path, scale: float, dtype: torch.dtype | None) -> dict:
     """Seconds and peak RSS per stage, in this process."""
-    unet_dtype, mlp_dtype = dtypes
     row = {}
 
     def stage(name, fn):
@@ -127,14 +123,14 @@ def stage_case(model, src: Path, out: Path, scale: float, dtypes) -> dict:
     x = image.rgb
     h, w = output_size(*x.shape[-2:], scale=scale)
     cond = stage("encode", lambda: encode_condition(model, x))
-    latent = stage("unet", lambda: denoise(model, cond, steps=default_steps(model), dtype=unet_dtype))
+    latent = stage("unet", lambda: denoise(model, cond, steps=default_steps(model), dtype=dtype))
     lr = x * 2 - 1
     stage("per_cell", lambda: model.first_layer_map(latent, lr))
     plain = sr_guide(model, x, cond, consistency=False)
-    stage("mlp", lambda: [None for _ in decode_bands(model, latent, h, w, dtype=mlp_dtype, guide=plain)])
+    stage("mlp", lambda: [None for _ in decode_bands(model, latent, h, w, dtype=dtype, guide=plain)])
     row["mlp_s"] = max(0.0, row["mlp_s"] - row["per_cell_s"])  # the decode ran the per-cell passes too
     guide = sr_guide(model, x, cond)
-    bands = stage("projection", lambda: [band for _, _, band in decode_bands(model, latent, h, w, dtype=mlp_dtype,
+    bands = stage("projection", lambda: [band for _, _, band in decode_bands(model, latent, h, w, dtype=dtype,
                                                                               guide=guide)])
     row["projection_s"] = max(0.0, row["projection_s"] - row["mlp_s"] - row["per_cell_s"])
     pixels = (torch.cat(bands, dim=2)[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
@@ -143,6 +139,14 @@ def stage_case(model, src: Path, out: Path, scale: float, dtypes) -> dict:
     row["out"] = f"{w}x{h}"
     row["out_pixels"] = w * h
     return row
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next((set(line.split(":", 1)[1].split()) for line in fh if line.startswith("flags")), set())
+    except OSError:
+        return set()
 
 
 def cpu_name() -> str:
@@ -160,7 +164,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sides", default="256,512,1024")
     p.add_argument("--scales", default="2,2.5,4")
-    p.add_argument("--dtypes", default="auto,fp32,bf16")
+    p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--image", default=str(ROOT / "assets" / "building_lr.png"))
     p.add_argument("--model", help="model file (default: the bundled SR model)")
     p.add_argument("--peer-python", help="a Python with spandrel (see above); peers are skipped without it")
@@ -205,7 +209,8 @@ def main(argv=None) -> int:
                     peer_rows.append(peer)
                     print(f"{side}² x{scale:g} peer {arch}: {peer['wall_s']:.2f} s, {peer['peak_rss_mb']:.0f} MB",
                           file=sys.stderr, flush=True)
-    machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "native_bf16": cpu_has_bf16(), "torch": torch.__version__,
+    machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "native_bf16": "avx512_bf16" in cpu_flags(),
+               "torch": torch.__version__,
                "threads": torch.get_num_threads(), "fp32_matmul_peak_gflops": peak32,
                "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     print(f"Machine: {machine}\n")
@@ -225,10 +230,10 @@ def main(argv=None) -> int:
     if peer_rows:
         print("\nFixed-scale peers (spandrel, x4 then Lanczos; random weights; their own process, torch "
               f"{peer_rows[0]['torch']}):\n")
-        print("| input | scale | peer | params | wall s | upscale s | peak RSS MB | ArbScale auto wall s | ArbScale / peer |")
+        print("| input | scale | peer | params | wall s | upscale s | peak RSS MB | ArbScale fp32 wall s | ArbScale / peer |")
         print("|---|---|---|---|---|---|---|---|---|")
         for q in peer_rows:
-            ours = next((r for r in rows if (r["side"], r["scale"], r["dtype"]) == (q["side"], q["scale"], "auto")),
+            ours = next((r for r in rows if (r["side"], r["scale"], r["dtype"]) == (q["side"], q["scale"], "fp32")),
                         None)
             ours_s = f"{ours['wall_s']:.2f} | {ours['wall_s'] / q['wall_s']:.2f}" if ours else "– | –"
             print(f"| {q['side']}² | ×{q['scale']:g} | {q['spandrel_arch']} | {q['params'] / 1e6:.1f} M | "
@@ -236,10 +241,8 @@ def main(argv=None) -> int:
     for side in sides:
         for scale in scales:
             pair = {r["dtype"]: r for r in rows if r["side"] == side and r["scale"] == scale}
-            for other in ("auto", "bf16"):
-                if "fp32" in pair and other in pair:
-                    print(f"{side}² x{scale:g}: {other} / fp32 wall time "
-                          f"{pair[other]['wall_s'] / pair['fp32']['wall_s']:.2f}")
+            if "fp32" in pair and "bf16" in pair:
+                print(f"{side}² x{scale:g}: bf16 / fp32 wall time {pair['bf16']['wall_s'] / pair['fp32']['wall_s']:.2f}")
     if args.out:
         Path(args.out).write_text(json.dumps({"machine": machine, "rows": rows, "peers": peer_rows}, indent=1) + "\n")
     return 0

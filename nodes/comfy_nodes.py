@@ -10,7 +10,6 @@ import torch
 from comfy_api.latest import ComfyExtension, io
 
 from arbscale_core.cli import BUNDLED_MODELS, WEIGHTS_DIR
-from arbscale_core.device import auto_dtypes
 from arbscale_core.pipeline import DEFAULT_STEPS, ENSEMBLE_SIZES
 
 from . import logic
@@ -52,11 +51,6 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     if mm.should_use_fp16(device):
         return torch.float16
     return None
-
-
-def decode_autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The decoder MLP's: ComfyUI's choice, else ours (bf16 on CPUs with native bf16)."""
-    return autocast_dtype(device) or auto_dtypes(device)[1]
 
 
 def combo_check(name: str, value, options: list) -> bool | str:
@@ -208,7 +202,7 @@ class ArbScaleImplicitDecode(io.ComfyNode):
         check_output_memory(latent.latent_shape[0] if latent.latent_shape else 1, h, w)
         model, device = _on_device(latent.model)
         try:
-            image = logic.run_decode(latent, h, w, chunk, _Progress(h).hooks(), decode_autocast_dtype(device),
+            image = logic.run_decode(latent, h, w, chunk, _Progress(h).hooks(), autocast_dtype(device),
                                      consistency=lr_consistency)
         finally:
             _offload(model)
@@ -247,8 +241,7 @@ class ArbScaleUpscale(io.ComfyNode):
         try:
             image_out = logic.run_upscale(model, image, h, w, steps, eta, seed, chunk, progress.hooks(),
                                           autocast_dtype(device), consistency=lr_consistency,
-                                          ensemble=int(ensemble), detail=mode == "detail",
-                                          decode_dtype=decode_autocast_dtype(device))
+                                          ensemble=int(ensemble), detail=mode == "detail")
         finally:
             _offload(model)
         return io.NodeOutput(image_out, ui={"arbscale_size": [f"{w}x{h}"]})

@@ -224,15 +224,12 @@ def run_decode(src: ArbLatent, height: int, width: int, chunk: int, hooks: Hooks
 
 def run_upscale(model: ArbScaleModel, image: torch.Tensor, height: int, width: int, steps: int, eta: float,
                 seed: int, chunk: int, hooks: Hooks | None = None, dtype: torch.dtype | None = None,
-                consistency: bool = True, ensemble: int = 1, detail: bool = False,
-                decode_dtype: torch.dtype | None | str = "same") -> torch.Tensor:
+                consistency: bool = True, ensemble: int = 1, detail: bool = False) -> torch.Tensor:
     """IMAGE [B,h,w,C] -> IMAGE [B,height,width,C]: encode, denoise, decode, for each of ``ensemble``
     flipped/transposed copies (geometric self-ensemble), averaged. C 4: alpha resized along; C 1:
     returned grey. hooks.progress runs over all of it (each member: its steps, then its decoded
-    rows, weighted as ``height`` rows). ``dtype``: autocast of the U-Net and the decoder MLP;
-    ``decode_dtype``: the MLP's if it differs ("same": dtype)."""
+    rows, weighted as ``height`` rows)."""
     hooks = hooks or Hooks()
-    decode_dtype = dtype if decode_dtype == "same" else decode_dtype
     try:
         check_ensemble(ensemble)
     except ValueError as exc:
@@ -246,7 +243,7 @@ def run_upscale(model: ArbScaleModel, image: torch.Tensor, height: int, width: i
             check_interrupt=hooks.check_interrupt), dtype, detail)
         out = run_decode(denoised, th, tw, chunk, Hooks(
             progress=lambda done, rows: hooks.progress(k * span + steps + done * height // rows, ensemble * span),
-            check_interrupt=hooks.check_interrupt), decode_dtype, consistency=consistency)
+            check_interrupt=hooks.check_interrupt), dtype, consistency=consistency)
         return out.permute(0, 3, 1, 2)
 
     x = image_to_bchw(image)

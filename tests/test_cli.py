@@ -95,20 +95,10 @@ def test_upscale_ensemble_matches_core(tmp_path, sr_ckpt, capsys, monkeypatch):
     src = write_png(tmp_path / "in.png", 9, 7)
     dst = tmp_path / "out.png"
     rc, _, err = run_cli(["upscale", src, "-o", dst, "--scale", "2.5", "--steps", "1", "--ensemble", "4",
-                          "--model", sr_ckpt, "--dtype", "fp32"], capsys)
+                          "--model", sr_ckpt], capsys)
     assert rc == 0, err
     expected = upscale_tensor(load_model(sr_ckpt), load_image(src), 18, 23, steps=1, ensemble=4)
     assert np.array_equal(np.asarray(Image.open(dst)), to_uint8(expected * 2 - 1)[0])
-    # --dtype auto (the default): what device.auto_dtypes picks here, through the same library call
-    from arbscale_core.device import auto_dtypes
-
-    unet_dtype, mlp_dtype = auto_dtypes(torch.device("cpu"))
-    rc, _, err = run_cli(["upscale", src, "-o", tmp_path / "auto.png", "--scale", "2.5", "--steps", "1",
-                          "--ensemble", "4", "--model", sr_ckpt], capsys)
-    assert rc == 0, err
-    auto = upscale_tensor(load_model(sr_ckpt), load_image(src), 18, 23, steps=1, ensemble=4, dtype=unet_dtype,
-                          decode_dtype=mlp_dtype)
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "auto.png")), to_uint8(auto * 2 - 1)[0])
     assert not torch.equal(expected, upscale_tensor(load_model(sr_ckpt), load_image(src), 18, 23, steps=1))
     monkeypatch.setattr(imageops, "STREAM_PIXELS", 100)
     rc, _, err = run_cli(["upscale", src, "-o", tmp_path / "big.png", "--scale", "2.5", "--ensemble", "2",

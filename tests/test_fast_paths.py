@@ -1,13 +1,10 @@
 """The fast inference paths compute what the plain ones do: in-place ResBlock ops at inference,
-the fused attention kernel, the channels-last first-layer gather; and --dtype auto's choice."""
-import pytest
+the fused attention kernel, the channels-last first-layer gather, channels-last convolutions."""
 import torch
 import torch.nn.functional as F
 
-import arbscale_core.device as device
 from arbscale_core.implicit_decoder import decode_bands
 from arbscale_core.layers import Attention, ResBlock
-from arbscale_core.pipeline import upscale
 
 
 def test_resblock_in_place_at_inference_equals_autograd_forward():
@@ -43,31 +40,6 @@ def test_decoder_gathers_the_same_from_either_layout(sr_model):
                                                  20, 23)], 2)
     assert torch.allclose(a, b, atol=1e-6)
     assert not first.is_contiguous(memory_format=torch.channels_last)  # the caller's tensor is left as it was
-
-
-def test_decode_dtype_sets_the_mlp_alone(sr_model, monkeypatch):
-    seen = []
-    original = sr_model.implicit.query
-
-    def spy(first, ys, xs, cell, autocast_dtype=None):
-        seen.append(autocast_dtype)
-        return original(first, ys, xs, cell, autocast_dtype)
-
-    monkeypatch.setattr(sr_model.implicit, "query", spy)
-    img = torch.rand(1, 3, 8, 8)
-    fp32 = upscale(sr_model, img, scale=2, steps=1)
-    mixed = upscale(sr_model, img, scale=2, steps=1, decode_dtype=torch.bfloat16)
-    assert set(seen) == {None, torch.bfloat16}
-    assert 0 < (fp32 - mixed).abs().max() < 0.05
-
-
-@pytest.mark.parametrize("flags,expected", [({"avx512f", "avx512_bf16"}, (None, torch.bfloat16)),
-                                            ({"amx_bf16"}, (None, torch.bfloat16)),
-                                            ({"avx2", "fma"}, (None, None)), (set(), (None, None))])
-def test_auto_dtypes_follow_the_cpu(monkeypatch, flags, expected):
-    monkeypatch.setattr(device, "_cpu_flags", lambda: frozenset(flags))
-    assert device.auto_dtypes(torch.device("cpu")) == expected
-    assert device.auto_dtypes(torch.device("meta")) == (None, None)  # other devices: fp32 as before
 
 
 def test_channels_last_input_changes_nothing(sr_model):

@@ -83,3 +83,26 @@ def test_large_inputs_stream_and_stay_exact(monkeypatch):
     # with gradients (training) the plain forward always runs
     enc(x[..., :32, :32]).sum().backward()
     assert small.shape == (1, 4, 8, 8)
+
+
+@pytest.mark.parametrize("changes", [{}, {"lr_features": 6, "lr_blocks": 2, "detail_head": True},
+                                     {"ae_shortcut": True, "dec_res_blocks": 2}])
+@pytest.mark.parametrize("detail", [False, True])
+def test_streamed_first_layer_map_equals_plain(monkeypatch, changes, detail):
+    from arbscale_core.model import ArbScaleModel
+    import arbscale_core.model as model_module
+
+    torch.manual_seed(0)
+    model = _randomised(ArbScaleModel(micro_config(**changes)))
+    latent = torch.randn(2, model.config.latent_channels, 19, 23)
+    lr = torch.rand(2, 3, 15, 17) * 2 - 1  # resized to the latent grid on the way
+    with torch.no_grad():
+        plain = model.first_layer_map(latent, lr, detail)
+        monkeypatch.setattr(model_module, "STREAM_CELLS", 0)
+        monkeypatch.setattr(streaming, "BAND_ELEMENTS", 16 * 23 * 3)  # 3-row bands
+        streamed = model.first_layer_map(latent, lr, detail)
+    assert streamed.shape == plain.shape
+    assert torch.allclose(streamed, plain, atol=2e-5), (streamed - plain).abs().max()
+    if model.reads_lr:
+        with torch.no_grad(), pytest.raises(ValueError, match="reads the LR image"):
+            model.first_layer_map(latent, None, detail)
