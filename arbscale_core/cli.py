@@ -672,7 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--size", help="output size WIDTHxHEIGHT")
     up.add_argument("--tile", type=int, default=256,
                     help="denoise latents over this many cells a side (for the shipped models: LR pixels) "
-                         "in overlapping tiles, bounding memory (default 256)")
+                         "in overlapping tiles of at most this size, bounding memory (default 256)")
     up.add_argument("--mode", choices=MODE_CHOICES, default="fidelity",
                     help="fidelity (default): the model's few-step estimate, deterministic, the best PSNR; detail: "
                          "DDIM with eta > 0 over several steps, each seed its own sharper detail (less faithful). "

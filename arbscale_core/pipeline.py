@@ -38,10 +38,11 @@ MIN_CHUNK = 1024   # ... and here (pixels per decode chunk)
 MAX_OUTPUT_PIXELS = 2 ** 31  # beyond this even a uint8 canvas is impractical on one machine
 # LR-consistency projection (``lr_correction``): the output is measured on a proxy of at most this
 # many times the LR size per side; the correction is iterated this many times; outputs up to this
-# many pixels are decoded once and kept (float32, 12 bytes a pixel: 96 MB) rather than decoded twice.
+# many pixels are decoded once and kept (float32, 12 bytes a pixel: up to 192 MB, a 4,096² output)
+# rather than decoded twice (a second decode is half the time of a 1024² -> x4 upscale).
 CONSISTENCY_PROXY = 4
 CONSISTENCY_ITERS = 3
-CONSISTENCY_CACHE_PIXELS = 1 << 23
+CONSISTENCY_CACHE_PIXELS = 1 << 24
 
 
 MAX_SEED = 2 ** 64 - 1  # seeds are unsigned 64-bit, as ComfyUI's seed widget
@@ -359,7 +360,9 @@ def lr_correction(model: ArbScaleModel, latent: torch.Tensor, height: int, width
     for y0, y1, band in _raw_bands(model, latent, ph, pw, chunk, dtype, 0, min_chunk,
                                    _low_res_terms(model, guide), lr, guide.detail):
         band = band.clamp(-1, 1)  # what the output holds
-        measured += down_rows[:, y0:y1] @ band @ down_cols_t
+        # columns first: [rows, pw] @ [pw, w] then [h, rows] @ [rows, w]; the other order makes an
+        # [h, pw] product per band, 50x the work at a 4,096-px output (35 s of a 1024² -> x4 upscale)
+        measured += down_rows[:, y0:y1] @ (band @ down_cols_t)
         if keep:
             bands.append((y0, y1, band))
         if progress:
