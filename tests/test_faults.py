@@ -418,6 +418,12 @@ def test_memory_refusal_has_the_figures(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # Faults: signals, interrupted batches, concurrent writers, a bad input in a batch
 
+def _default_sigint():
+    # a shell's background job starts with SIGINT ignored and Python keeps an inherited SIG_IGN:
+    # give the CLI the default an interactive user's Ctrl-C meets, however pytest was started
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for(predicate, timeout=120):
     end = time.time() + timeout
     while time.time() < end:
@@ -438,7 +444,7 @@ def test_signal_while_writing_stops_fast_and_leaves_nothing(sig, tmp_path, sr_ck
     out.mkdir()
     proc = subprocess.Popen(CLI + ["upscale", str(src), "-o", str(out / "o.png"), "--scale", "60", "--steps", "1",
                                    "--chunk", "4096", "--model", str(sr_ckpt)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     try:
         assert _wait_for(lambda: any(out.iterdir()) or proc.poll() is not None), "no temp file appeared"
         assert proc.poll() is None, proc.communicate()
@@ -462,7 +468,7 @@ def test_interrupted_batch_keeps_finished_outputs_and_resumes(tmp_path, sr_ckpt)
     for i in range(3):
         write_png(ins / f"p{i}.png", 48, 40, seed=i)
     argv = CLI + ["upscale", str(ins), "-o", str(out), "--scale", "12", "--steps", "1", "--model", str(sr_ckpt)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     try:
         assert _wait_for(lambda: (out / "p0_x12.png").exists() or proc.poll() is not None)
         proc.send_signal(signal.SIGINT)
