@@ -42,19 +42,19 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from arbscale_core.checkpoint import load_model  # noqa: E402
+from arbscale_core.device import resolve_dtype  # noqa: E402
 from arbscale_core.imageops import read_image, save_image  # noqa: E402
 from arbscale_core.pipeline import (decode_bands, default_steps, denoise, encode_condition,  # noqa: E402
                                     output_size, sr_guide)
 from decoder_speed import matmul_peak, mlp_flops_per_pixel  # noqa: E402
 
-DTYPES = {"fp32": None, "bf16": torch.bfloat16}  # as the CLI's --dtype: autocast of the U-Net and the MLP
 STAGES = ("read", "encode", "unet", "per_cell", "mlp", "projection", "write")
 
 
 def measured(cmd: list[str], what: str) -> tuple[float, float, str]:
     """(wall s, that process's own peak RSS MB, stdout): the command runs under a small wrapper
     process that reports its one child's peak RSS, so earlier (larger) cases do not mask it."""
-    wrapper = ("import json, os, subprocess, sys, time, resource\n"
+    wrapper = ("import json, subprocess, sys, time, resource\n"
                "t0 = time.perf_counter()\n"
                "p = subprocess.run(sys.argv[1:], capture_output=True)\n"
                "t = time.perf_counter() - t0\n"
@@ -141,23 +141,17 @@ def stage_case(model, src: Path, out: Path, scale: float, dtype: torch.dtype | N
     return row
 
 
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return next((set(line.split(":", 1)[1].split()) for line in fh if line.startswith("flags")), set())
-    except OSError:
-        return set()
-
-
-def cpu_name() -> str:
+def cpu_info() -> tuple[str, set[str]]:
+    """(model name, flags) of the first CPU in /proc/cpuinfo; off Linux, platform's name and no flags."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields.get("model name") or platform.processor() or platform.machine(), set(fields.get("flags", "").split())
 
 
 def main(argv=None) -> int:
@@ -198,7 +192,8 @@ def main(argv=None) -> int:
                 for dtype in dtypes:
                     row = {"side": side, "scale": scale, "dtype": dtype, "bicubic_s": t_bicubic,
                            **console_case(src, work / "cli.png", scale, dtype, args.model),
-                           **stage_case(model, src, work / "stages.png", scale, DTYPES[dtype])}
+                           **stage_case(model, src, work / "stages.png", scale,
+                                       resolve_dtype(dtype, torch.device("cpu")))}
                     row["mlp_gflops"] = flops_per_pixel * row["out_pixels"] / max(row["mlp_s"], 1e-9) / 1e9
                     row["mlp_share_of_fp32_peak"] = row["mlp_gflops"] / peak32
                     rows.append(row)
@@ -209,7 +204,8 @@ def main(argv=None) -> int:
                     peer_rows.append(peer)
                     print(f"{side}² x{scale:g} peer {arch}: {peer['wall_s']:.2f} s, {peer['peak_rss_mb']:.0f} MB",
                           file=sys.stderr, flush=True)
-    machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "native_bf16": "avx512_bf16" in cpu_flags(),
+    cpu, flags = cpu_info()
+    machine = {"cpu": cpu, "cores": os.cpu_count(), "native_bf16": "avx512_bf16" in flags,
                "torch": torch.__version__,
                "threads": torch.get_num_threads(), "fp32_matmul_peak_gflops": peak32,
                "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

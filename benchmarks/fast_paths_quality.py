@@ -27,11 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from arbscale_core.checkpoint import load_model  # noqa: E402
+from arbscale_core.device import resolve_dtype  # noqa: E402
 from arbscale_core.evaluate import hr_crop_for_scale, make_lr, psnr, psnr_y  # noqa: E402
 from arbscale_core.imageops import from_uint8, to_uint8  # noqa: E402
 from arbscale_core.pipeline import upscale  # noqa: E402
-
-DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def main(argv=None) -> int:
@@ -58,7 +57,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             with torch.no_grad():
                 out = to_uint8(2 * upscale(model, from_uint8(lr), size=(hr.shape[1], hr.shape[0]),
-                                       dtype=DTYPES[dtype], tile=tile) - 1)[0]
+                                       dtype=resolve_dtype(dtype, torch.device("cpu")), tile=tile) - 1)[0]
             s = scores[(dtype, tile)]
             s["s"].append(time.perf_counter() - t0)
             s["dB"].append(psnr_y(out, hr, shave))
